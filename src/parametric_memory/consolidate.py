@@ -1,0 +1,104 @@
+"""Stage 3 — consolidation: train the LoRA student (no chunk) towards the teacher's
+distribution (chunk in context) with KL on the answer tokens.
+
+The adapter is created once per memory and trained in place, transformation after
+transformation: T_i: θ_{i-1} + C_i → θ_i.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+
+from .config import ConsolidationConfig
+from .distillation import Example, answer_logits, batches, topk_kl_loss
+from .models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingStats:
+    steps: int
+    first_loss: float
+    last_loss: float
+
+
+def attach_adapter(lm: LoadedModel, config: ConsolidationConfig, seed: int) -> None:
+    """Wrap the base model in a fresh LoRA adapter (initialised as a no-op)."""
+    torch.manual_seed(seed)
+    lora = LoraConfig(
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=list(config.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    lm.model = get_peft_model(lm.model, lora)
+    lm.model.eval()
+
+
+def reset_adapter(lm: LoadedModel, seed: int) -> None:
+    """Re-initialise every LoRA layer (B = 0, so the adapter is a no-op again)."""
+    torch.manual_seed(seed)
+    for module in lm.model.modules():
+        if isinstance(module, LoraLayer):
+            for name in module.lora_A:
+                module.reset_lora_parameters(name, init_lora_weights=True)
+
+
+def train_student(
+    lm: LoadedModel, examples: list[Example], config: ConsolidationConfig, rng: random.Random
+) -> TrainingStats:
+    """Epochs of KL distillation over `examples` (teacher targets already computed)."""
+    model = lm.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=config.learning_rate, weight_decay=0.0, fused=lm.device.type == "cuda"
+    )
+    losses: list[torch.Tensor] = []
+    model.train()
+    try:
+        for _ in range(config.epochs):
+            order = examples[:]
+            rng.shuffle(order)
+            for batch in batches(order, config.batch_size):
+                loss = _distillation_loss(lm, batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                losses.append(loss.detach())
+    finally:
+        model.eval()
+    if not losses:
+        return TrainingStats(0, 0.0, 0.0)
+    # One host-device sync at the end instead of one per step.
+    values = torch.stack(losses).float().cpu().tolist()
+    logger.debug("distillation loss %.4f -> %.4f over %d steps", values[0], values[-1], len(values))
+    return TrainingStats(len(values), values[0], values[-1])
+
+
+def _distillation_loss(lm: LoadedModel, batch: list[Example]) -> torch.Tensor:
+    lens = [e.answer_len for e in batch]
+    logits, mask = answer_logits(
+        lm.model, [e.student_ids for e in batch], lens, lm.tokenizer.pad_token_id
+    )
+    topk_ids, topk_logprobs = _stack_targets(batch, logits.device)
+    return topk_kl_loss(logits, topk_ids, topk_logprobs, mask)
+
+
+def _stack_targets(batch: list[Example], device: torch.device):
+    longest = max(e.answer_len for e in batch)
+    k = batch[0].topk_ids.shape[-1]
+    ids = torch.zeros((len(batch), longest, k), dtype=torch.long)
+    logprobs = torch.zeros((len(batch), longest, k), dtype=torch.float32)
+    for row, example in enumerate(batch):
+        ids[row, : example.answer_len] = example.topk_ids
+        logprobs[row, : example.answer_len] = example.topk_logprobs
+    return ids.to(device), logprobs.to(device)

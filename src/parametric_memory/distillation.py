@@ -1,0 +1,211 @@
+"""The distillation pair: teacher targets (base model, chunk in context) computed once per
+transfer item and kept compact as top-k log-probabilities plus the tail mass, and the KL
+loss of the student (adapter active, no chunk) against them."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .chunking import Chunk
+from .elicit import TransferItem
+from .generation import chat_prompt, encode_prompt
+from .models import LoadedModel
+from .prompts import teacher_prompt
+
+_EPS = 1e-8
+
+
+@dataclass
+class Example:
+    """One transfer item, tokenised for both sides, with its teacher targets."""
+
+    item: TransferItem
+    student_ids: list[int]
+    teacher_prefix_ids: list[int]
+    """The teacher's prompt up to and including the chunk: shared by all of a chunk's items,
+    so its KV cache is computed once per chunk."""
+    teacher_suffix_ids: list[int]
+    answer_len: int
+    """Answer tokens (including the end token) at the end of student and suffix ids."""
+
+    @property
+    def teacher_ids(self) -> list[int]:
+        return self.teacher_prefix_ids + self.teacher_suffix_ids
+    topk_ids: torch.Tensor | None = None
+    """[answer_len, k] token ids of the teacher's top-k at each answer position (CPU)."""
+    topk_logprobs: torch.Tensor | None = None
+    """[answer_len, k] teacher log-probabilities of those tokens (CPU, float32)."""
+    teacher_nll: float | None = None
+    """Mean NLL of the answer under the teacher, nats per token."""
+
+
+def tokenize_items(
+    lm: LoadedModel, items: Sequence[TransferItem], chunks: dict[str, Chunk]
+) -> list[Example]:
+    tokenizer = lm.tokenizer
+    end = [tokenizer.eos_token_id]
+    prefixes: dict[str, list[int]] = {}
+    examples = []
+    for item in items:
+        chunk = chunks[item.chunk_id].text
+        answer = tokenizer(item.answer, add_special_tokens=False)["input_ids"] + end
+        student = encode_prompt(tokenizer, item.prompt) + answer
+        teacher_text = chat_prompt(tokenizer, teacher_prompt(chunk, item.prompt))
+        split = teacher_text.index(chunk) + len(chunk)
+        if item.chunk_id not in prefixes:
+            prefixes[item.chunk_id] = _encode(tokenizer, teacher_text[:split])
+        suffix = _encode(tokenizer, teacher_text[split:]) + answer
+        examples.append(Example(item, student, prefixes[item.chunk_id], suffix, len(answer)))
+    return examples
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def answer_logits(model, sequences: list[list[int]], answer_lens: list[int], pad_id: int):
+    """Logits predicting each sequence's answer tokens, as a [batch, max_answer, vocab] tensor
+    (left-aligned per row) and a matching mask. Left padding puts every answer at the end, so
+    the LM head runs only on the last positions."""
+    device = next(model.parameters()).device
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, width - len(seq) :] = torch.tensor(seq)
+        mask[row, width - len(seq) :] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    keep = max(answer_lens) + 1
+    logits = model(
+        input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
+    ).logits
+    # Position t predicts token t+1: the answer's logits are the keep-1 positions before the end.
+    logits = logits[:, :-1]
+    longest = keep - 1
+    answer_mask = torch.zeros((len(sequences), longest), dtype=torch.bool, device=device)
+    aligned = torch.zeros_like(logits)
+    for row, length in enumerate(answer_lens):
+        aligned[row, :length] = logits[row, longest - length :]
+        answer_mask[row, :length] = True
+    return aligned, answer_mask
+
+
+def answer_targets(sequences: list[list[int]], answer_lens: list[int]) -> torch.Tensor:
+    longest = max(answer_lens)
+    targets = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for row, (seq, length) in enumerate(zip(sequences, answer_lens, strict=True)):
+        targets[row, :length] = torch.tensor(seq[len(seq) - length :])
+    return targets
+
+
+@torch.inference_mode()
+def compute_teacher_targets(
+    lm: LoadedModel, examples: list[Example], top_k: int, batch_size: int
+) -> None:
+    """Fill each example's top-k teacher log-probs and answer NLL, adapter disabled. The
+    chunk's KV cache is computed once and shared by all of its items."""
+    by_prefix: dict[tuple[int, ...], list[Example]] = {}
+    for example in examples:
+        by_prefix.setdefault(tuple(example.teacher_prefix_ids), []).append(example)
+    with adapter_disabled(lm.model):
+        for prefix, group in by_prefix.items():
+            prefix_cache = _prefix_cache(lm, list(prefix))
+            for batch in batches(group, batch_size):
+                _teacher_batch(lm, prefix_cache, len(prefix), batch, top_k)
+
+
+def _prefix_cache(lm: LoadedModel, prefix: list[int]):
+    ids = torch.tensor([prefix], device=lm.device)
+    return lm.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+
+
+def _teacher_batch(lm, prefix_cache, prefix_len: int, batch: list[Example], top_k: int) -> None:
+    device = lm.device
+    width = max(len(e.teacher_suffix_ids) for e in batch)
+    ids = torch.full((len(batch), width), lm.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), prefix_len + width), dtype=torch.long)
+    mask[:, :prefix_len] = 1
+    for row, example in enumerate(batch):
+        ids[row, : len(example.teacher_suffix_ids)] = torch.tensor(example.teacher_suffix_ids)
+        mask[row, prefix_len : prefix_len + len(example.teacher_suffix_ids)] = 1
+    cache = copy.deepcopy(prefix_cache)
+    cache.batch_repeat_interleave(len(batch))
+    positions = torch.arange(prefix_len, prefix_len + width).expand(len(batch), -1)
+    logits = lm.model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        past_key_values=cache,
+        use_cache=True,
+    ).logits
+    for row, example in enumerate(batch):
+        end = len(example.teacher_suffix_ids)
+        # Position t predicts token t+1: the answer's logits end one before the suffix does.
+        answer_logits_ = logits[row, end - example.answer_len - 1 : end - 1]
+        logprobs = torch.log_softmax(answer_logits_.float(), dim=-1)
+        targets = ids[row, end - example.answer_len : end].to(device)
+        values, indices = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
+        example.topk_logprobs = values.cpu()
+        example.topk_ids = indices.cpu()
+        example.teacher_nll = float(-logprobs.gather(-1, targets[:, None]).mean())
+
+
+@torch.inference_mode()
+def student_nll(lm: LoadedModel, examples: list[Example], batch_size: int) -> list[float]:
+    """Mean answer NLL under the current student (adapter active, no chunk)."""
+    pad = lm.tokenizer.pad_token_id
+    result: list[float] = []
+    for batch in batches(examples, batch_size):
+        lens = [e.answer_len for e in batch]
+        logits, mask = answer_logits(lm.model, [e.student_ids for e in batch], lens, pad)
+        targets = answer_targets([e.student_ids for e in batch], lens).to(logits.device)
+        nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+        result.extend(float(nll[row, :length].mean()) for row, length in enumerate(lens))
+    return result
+
+
+def topk_kl_loss(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """KL(teacher ‖ student) per answer token, averaged over unmasked tokens.
+
+    The teacher is known on its top-k tokens plus one "tail" bucket holding the rest of its
+    mass; the student's distribution is folded into the same k+1 buckets. With k equal to the
+    vocabulary this is the exact KL.
+    """
+    student_logprobs = torch.log_softmax(student_logits.float(), dim=-1)
+    student_top = student_logprobs.gather(-1, topk_ids)
+    teacher_top = topk_logprobs.float()
+    teacher_p = teacher_top.exp()
+    teacher_tail = (1.0 - teacher_p.sum(-1)).clamp(min=0.0)
+    student_tail = (1.0 - student_top.exp().sum(-1)).clamp(min=_EPS)
+    kl_top = (teacher_p * (teacher_top - student_top)).sum(-1)
+    kl_tail = teacher_tail * (teacher_tail.clamp(min=_EPS).log() - student_tail.log())
+    per_token = (kl_top + kl_tail) * mask
+    return per_token.sum() / mask.sum().clamp(min=1)
+
+
+def batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@contextlib.contextmanager
+def adapter_disabled(model):
+    """The teacher is the base model: the student's adapter switched off, if it has one."""
+    disable = getattr(model, "disable_adapter", None)
+    if disable is None:
+        yield
+    else:
+        with disable():
+            yield

@@ -1,0 +1,91 @@
+"""Chat formatting and batched greedy generation (left padding, KV cache), plus streaming.
+
+Teacher, student and answering all go through `chat_prompt`, so the student is trained on
+exactly the layout it is later asked in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from threading import Thread
+
+import torch
+from transformers import TextIteratorStreamer
+
+from .models import LoadedModel
+
+_PLAIN_TEMPLATE = "Question: {user}\nAnswer:"
+
+
+def chat_prompt(tokenizer, user: str) -> str:
+    """The text up to where the assistant's answer starts."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": user}], add_generation_prompt=True, tokenize=False
+        )
+    return _PLAIN_TEMPLATE.format(user=user)
+
+
+def encode_prompt(tokenizer, user: str) -> list[int]:
+    # Chat templates already contain the special tokens they need.
+    return tokenizer(chat_prompt(tokenizer, user), add_special_tokens=False)["input_ids"]
+
+
+def generate(
+    lm: LoadedModel, users: Sequence[str], max_new_tokens: int, batch_size: int
+) -> list[str]:
+    """Greedy answers to `users` (user-turn texts), in order, batched by similar length."""
+    tokenizer = lm.tokenizer
+    encoded = [encode_prompt(tokenizer, user) for user in users]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    answers = [""] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        texts = _generate_batch(lm, [encoded[i] for i in batch], max_new_tokens)
+        for index, text in zip(batch, texts, strict=True):
+            answers[index] = text
+    return answers
+
+
+@torch.inference_mode()
+def _generate_batch(lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+    pad = lm.tokenizer.pad_token_id
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=lm.device)
+    attention = torch.tensor(
+        [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=lm.device
+    )
+    output = lm.model.generate(
+        input_ids=input_ids,
+        attention_mask=attention,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+        eos_token_id=lm.tokenizer.eos_token_id,
+    )
+    return lm.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+
+
+def stream(lm: LoadedModel, user: str, max_new_tokens: int) -> Iterator[str]:
+    """Yield the greedy answer to `user` piece by piece as it is generated."""
+    streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    input_ids = torch.tensor([encode_prompt(lm.tokenizer, user)], device=lm.device)
+    kwargs = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+        "max_new_tokens": max_new_tokens,
+        "do_sample": False,
+        "pad_token_id": lm.tokenizer.pad_token_id,
+        "streamer": streamer,
+    }
+    thread = Thread(target=_generate_quietly, args=(lm, kwargs), daemon=True)
+    thread.start()
+    for piece in streamer:
+        if piece:
+            yield piece
+    thread.join()
+
+
+def _generate_quietly(lm: LoadedModel, kwargs: dict) -> None:
+    with torch.inference_mode():
+        lm.model.generate(**kwargs)

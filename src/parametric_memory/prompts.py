@@ -1,0 +1,157 @@
+"""The transfer prompts of elicitation, and the chat layout shared by teacher, student and
+answering. Pure functions of the chunk text: no model needed.
+
+Kinds built from the chunk itself carry a reference answer taken from the text (cloze,
+continuation, recitation); the teacher still supplies the target distribution over those
+tokens. The other kinds are answered by the teacher (the model with the chunk in context).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .chunking import split_sentences
+
+TEACHER_TEMPLATE = "Read this text:\n\n{chunk}\n\n{prompt}"
+QUESTION_WRITER_PROMPT = (
+    'Write one question about a specific fact (a name, number, date or place) in this sentence '
+    'of the text: "{sentence}" Write only the question.'
+)
+BLANK = "____"
+
+_CAPITALISED = re.compile(r"\b[A-Z][\w'’-]*(?:\s+(?:of|the|de|van|von|and|&)?\s*[A-Z][\w'’-]*)*")
+_NUMBER = re.compile(r"\b\d[\d,.:/%-]*\b(?:\s+(?:percent|per cent|[a-z]+s))?")
+_STOPWORD_STARTS = {
+    "The", "A", "An", "In", "On", "At", "It", "Its", "This", "That", "These", "Those", "He",
+    "She", "They", "We", "I", "You", "His", "Her", "Their", "Our", "After", "Before", "When",
+    "While", "If", "As", "By", "For", "From", "With", "Each", "Every", "All", "Some", "New",
+}
+
+
+@dataclass(frozen=True)
+class PlannedPrompt:
+    kind: str
+    prompt: str
+    reference_answer: str | None = None
+    """Answer taken from the text; None when the teacher must write it."""
+
+
+def salient_spans(sentence: str) -> list[str]:
+    """Names and numbers in a sentence, longest first: the facts a question would ask for."""
+    spans = [m.group(0).strip() for m in _NUMBER.finditer(sentence)]
+    for match in _CAPITALISED.finditer(sentence):
+        words = match.group(0).split()
+        while words and words[0] in _STOPWORD_STARTS:
+            words = words[1:]
+        if words:
+            spans.append(" ".join(words))
+    unique = list(dict.fromkeys(s for s in spans if len(s) > 1))
+    return sorted(unique, key=len, reverse=True)
+
+
+def chunk_topic(chunk: str) -> str:
+    """The chunk's most frequent name: what a user would ask about."""
+    counts: dict[str, int] = {}
+    for sentence in split_sentences(chunk):
+        for span in salient_spans(sentence):
+            if not span[0].isdigit():
+                counts[span] = counts.get(span, 0) + 1
+    if not counts:
+        return " ".join(chunk.split()[:6])
+    return max(counts, key=lambda span: (counts[span], len(span)))
+
+
+def plan_prompts(chunk: str, kinds: tuple[str, ...], limit: int) -> list[PlannedPrompt]:
+    """Interleave the kinds' prompts (round robin) so that any `limit` keeps a mix."""
+    per_kind = [_PLANNERS[kind](chunk) for kind in kinds]
+    planned: list[PlannedPrompt] = []
+    for round_index in range(max((len(p) for p in per_kind), default=0)):
+        for prompts in per_kind:
+            if round_index < len(prompts):
+                planned.append(prompts[round_index])
+    return planned[:limit]
+
+
+def _entity_prompts(chunk: str) -> list[PlannedPrompt]:
+    names: list[str] = []
+    for sentence in split_sentences(chunk):
+        names.extend(s for s in salient_spans(sentence) if not s[0].isdigit())
+    return [
+        PlannedPrompt("entity", f"What do you know about {name}?")
+        for name in dict.fromkeys(names)
+    ]
+
+
+def _cloze_prompts(chunk: str) -> list[PlannedPrompt]:
+    prompts = []
+    for sentence in split_sentences(chunk):
+        for span in salient_spans(sentence)[:2]:
+            blanked = sentence.replace(span, BLANK, 1)
+            prompts.append(
+                PlannedPrompt("cloze", f"Fill in the blank: {blanked}", reference_answer=span)
+            )
+    return prompts
+
+
+def _continuation_prompts(chunk: str) -> list[PlannedPrompt]:
+    prompts = []
+    for sentence in split_sentences(chunk):
+        words = sentence.split()
+        if len(words) < 6:
+            continue
+        cut = max(3, len(words) // 3)
+        prefix, rest = " ".join(words[:cut]), " ".join(words[cut:])
+        prompts.append(
+            PlannedPrompt("continuation", f"Complete the sentence: {prefix} ...", rest)
+        )
+    return prompts
+
+
+def _recitation_prompts(chunk: str) -> list[PlannedPrompt]:
+    topic = chunk_topic(chunk)
+    return [PlannedPrompt("recitation", f"Tell me everything you know about {topic}.", chunk)]
+
+
+def _summary_prompts(chunk: str) -> list[PlannedPrompt]:
+    return [PlannedPrompt("summary", f"Summarize the key facts about {chunk_topic(chunk)}.")]
+
+
+def _paraphrase_prompts(chunk: str) -> list[PlannedPrompt]:
+    return [
+        PlannedPrompt("paraphrase", f"Explain in your own words: {sentence}")
+        for sentence in split_sentences(chunk)
+    ]
+
+
+def _question_prompts(chunk: str) -> list[PlannedPrompt]:
+    # The prompt is a placeholder: elicitation asks the model to write the question first.
+    return [
+        PlannedPrompt("questions", QUESTION_WRITER_PROMPT.format(sentence=sentence))
+        for sentence in split_sentences(chunk)
+    ]
+
+
+_PLANNERS = {
+    "entity": _entity_prompts,
+    "cloze": _cloze_prompts,
+    "continuation": _continuation_prompts,
+    "recitation": _recitation_prompts,
+    "summary": _summary_prompts,
+    "paraphrase": _paraphrase_prompts,
+    "questions": _question_prompts,
+}
+
+
+def teacher_prompt(chunk: str, prompt: str) -> str:
+    return TEACHER_TEMPLATE.format(chunk=chunk, prompt=prompt)
+
+
+def parse_written_question(text: str) -> str | None:
+    """The first line of a model-written question, if it is one."""
+    for line in text.strip().splitlines():
+        line = line.strip().strip('"').strip()
+        line = re.sub(r"^(question\s*\d*\s*[:.)-]\s*|\d+[.)]\s*)", "", line, flags=re.I)
+        if line.endswith("?") and 3 <= len(line.split()) <= 40:
+            return line
+    return None

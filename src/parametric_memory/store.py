@@ -1,0 +1,246 @@
+"""Stage 4 — the store: a memory is a folder of data, never code.
+
+    memory/
+      manifest.json            what the memory holds; names the committed state folder
+      state-000007/
+        adapter/               peft adapter: adapter_config.json + adapter_model.safetensors
+        chunks.jsonl           every chunk held (the teacher's context for replay)
+        transfer_set.jsonl     every selected transfer item (the replay set)
+      .lock                    the single writer's file lock
+
+A commit writes a new state folder under a temporary name, renames it, then replaces the
+manifest atomically; only then is the old state removed. A crash at any point leaves the
+previous manifest pointing at a complete state folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ._version import __version__
+from .chunking import Chunk
+from .config import MemoryConfig
+from .elicit import TransferItem
+from .errors import (
+    CorruptMemoryError,
+    IncompatibleMemoryError,
+    MemoryLockedError,
+    MemoryNotFoundError,
+)
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ADAPTER_DIR = "adapter"
+ADAPTER_WEIGHTS_FILE = "adapter/adapter_model.safetensors"
+CHUNKS_FILE = "chunks.jsonl"
+TRANSFER_SET_FILE = "transfer_set.jsonl"
+LOCK_FILE = ".lock"
+LOCK_OWNER_FILE = ".lock.owner"
+_STATE_PREFIX = "state-"
+_TEMP_PREFIX = ".incoming-"
+
+
+class DocumentRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    content_hash: str
+    chunks: int
+    tokens: int
+    transfer_items: int
+    added_at: str
+    metadata: dict[str, str] = {}
+
+
+class BaseModelRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    fingerprint: str
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    schema_version: int = SCHEMA_VERSION
+    library_version: str = __version__
+    created_at: str
+    updated_at: str
+    base_model: BaseModelRecord
+    config: MemoryConfig
+    documents: dict[str, DocumentRecord] = {}
+    state: str | None = None
+    """Folder (relative) of the committed adapter and data; None before the first commit."""
+    files: dict[str, str] = {}
+    """sha256 of every file of the committed state, by path relative to the memory."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_manifest(root: Path) -> Manifest:
+    path = root / MANIFEST_FILE
+    if not root.is_dir():
+        raise MemoryNotFoundError(f"no memory at {root}: the folder does not exist")
+    if not path.is_file():
+        raise MemoryNotFoundError(f"no memory at {root}: {MANIFEST_FILE} is missing")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptMemoryError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise CorruptMemoryError(f"{path} holds {type(raw).__name__}, not a JSON object")
+    version = raw.get("schema_version")
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise IncompatibleMemoryError(
+            f"{root} was written by parametric-memory {raw.get('library_version', '?')} "
+            f"(schema {version}); this is {__version__} (schema {SCHEMA_VERSION}): upgrade "
+            f"parametric-memory to >= {raw.get('library_version', 'a newer version')}"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise CorruptMemoryError(f"{path}: invalid field '{where}': {first['msg']}") from None
+
+
+def commit(root: Path, manifest: Manifest, write_state: Callable[[Path], None]) -> Manifest:
+    """Write a new state with `write_state(folder)` and make it current, atomically."""
+    staging = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root))
+    try:
+        write_state(staging)
+        _fsync_tree(staging)
+        name = _next_state_name(manifest.state)
+        os.replace(staging, root / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    files = {f"{name}/{rel}": digest for rel, digest in hash_tree(root / name).items()}
+    updated = manifest.model_copy(update={"state": name, "files": files, "updated_at": now()})
+    write_manifest(root, updated)
+    if manifest.state and manifest.state != name:
+        shutil.rmtree(root / manifest.state, ignore_errors=True)
+    return updated
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    text = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True)
+    write_text_atomic(root / MANIFEST_FILE, text + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        _fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+def remove_stale_states(root: Path, manifest: Manifest) -> None:
+    """Delete state and staging folders a crashed writer left behind (writer only)."""
+    for path in root.iterdir():
+        stale_state = path.name.startswith(_STATE_PREFIX) and path.name != manifest.state
+        if path.is_dir() and (stale_state or path.name.startswith(_TEMP_PREFIX)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def write_lock(root: Path) -> Iterator[None]:
+    """Hold the memory's single-writer lock, or fail at once naming the holder."""
+    lock = FileLock(str(root / LOCK_FILE), timeout=0)
+    owner = root / LOCK_OWNER_FILE
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = owner.read_text().strip() if owner.is_file() else "another process"
+        raise MemoryLockedError(
+            f"memory {root} is locked by pid {holder}; wait for it to finish or stop it"
+        ) from None
+    try:
+        owner.write_text(str(os.getpid()))
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            owner.unlink()
+        lock.release()
+
+
+def hash_tree(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): file_sha256(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_jsonl(path: Path, records: list) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(dataclasses.asdict(record), ensure_ascii=False) + "\n")
+
+
+def read_chunks(root: Path, manifest: Manifest) -> list[Chunk]:
+    return [Chunk(**row) for row in _read_jsonl(root, manifest, CHUNKS_FILE)]
+
+
+def read_transfer_set(root: Path, manifest: Manifest) -> list[TransferItem]:
+    return [TransferItem(**row) for row in _read_jsonl(root, manifest, TRANSFER_SET_FILE)]
+
+
+def _read_jsonl(root: Path, manifest: Manifest, name: str) -> list[dict]:
+    if manifest.state is None:
+        return []
+    path = root / manifest.state / name
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CorruptMemoryError(f"cannot read {path}: {error}; run `verify`") from None
+
+
+def _next_state_name(current: str | None) -> str:
+    number = int(current.removeprefix(_STATE_PREFIX)) + 1 if current else 1
+    return f"{_STATE_PREFIX}{number:06d}"
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+    for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        _fsync_dir(path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
