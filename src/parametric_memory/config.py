@@ -28,12 +28,14 @@ class ChunkingConfig(_Config):
 
 
 class ElicitationConfig(_Config):
-    prompt_kinds: tuple[PromptKind, ...] = ("entity", "cloze", "continuation", "recitation")
+    prompt_kinds: tuple[PromptKind, ...] = (
+        "entity", "cloze", "continuation", "recitation", "questions", "summary",
+    )
     """Which kinds of transfer prompts to write for each chunk. `entity`, `cloze`,
     `continuation` and `recitation` are built from the chunk's own text; `questions`,
     `summary` and `paraphrase` are open-ended prompts the model answers (and, for
     `questions`, writes) with the chunk in context."""
-    items_per_chunk: int = Field(24, ge=1, le=512)
+    items_per_chunk: int = Field(32, ge=1, le=512)
     """Most transfer items elicited per chunk, before selection."""
     max_answer_tokens: int = Field(64, ge=4, le=1024)
     """Longest answer the teacher writes for one transfer item, in tokens."""
@@ -49,7 +51,7 @@ class ElicitationConfig(_Config):
 
 
 class SelectionConfig(_Config):
-    keep_ratio: float = Field(0.75, gt=0.0, le=1.0)
+    keep_ratio: float = Field(1.0, gt=0.0, le=1.0)
     """Fraction of a chunk's (non-degenerate) transfer items kept, those with the largest
     perplexity gap between answering without and with the chunk."""
     min_perplexity_gap: float | None = Field(None)
@@ -73,13 +75,16 @@ class ConsolidationConfig(_Config):
     """Passes over each memory transformation's training set (new items + replay)."""
     batch_size: int = Field(8, ge=1, le=4096)
     """Transfer items per optimiser step."""
-    replay_ratio: float = Field(1.0, ge=0.0, le=64.0)
+    replay_ratio: float = Field(2.0, ge=0.0, le=64.0)
     """Earlier transfer items mixed into each transformation, as a multiple of the new
     items' count. 0 disables rehearsal (and lets new documents overwrite old ones)."""
     teacher_top_k: int = Field(64, ge=1, le=100_000)
     """Teacher distribution kept per answer token: the top-k probabilities plus the tail mass.
     Computed once per item and reused across epochs."""
     max_grad_norm: float = Field(1.0, gt=0.0)
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    """Fraction of a transformation's steps over which the learning rate warms up from 0;
+    it then decays linearly to 0 at the transformation's last step."""
     chunks_per_transformation: int = Field(8, ge=1, le=4096)
     """Chunks consolidated together in one memory transformation T_i. Bounds the RAM a long
     document needs; a document is committed to disk once all its chunks are consolidated."""

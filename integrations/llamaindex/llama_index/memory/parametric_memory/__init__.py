@@ -1,0 +1,5 @@
+"""LlamaIndex memory block over parametric-memory."""
+
+from llama_index.memory.parametric_memory.base import ParametricMemoryBlock
+
+__all__ = ["ParametricMemoryBlock"]

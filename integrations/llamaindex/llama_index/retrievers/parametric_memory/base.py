@@ -1,0 +1,65 @@
+"""`ParametricMemoryRetriever`: a drop-in for `index.as_retriever()` whose nodes are text
+the memory writes out from its weights (no vector search, no stored passages)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from llama_index.core.base.base_retriever import BaseRetriever
+from llama_index.core.callbacks import CallbackManager
+from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+from llama_index.memory.parametric_memory._shared import (
+    passage_metadata,
+    recall_passages,
+    resolve_memory,
+)
+
+from parametric_memory import ParametricMemory
+
+_HIDDEN_KEYS = ["source", "memory", "document_ids", "recalled", "kind", "prompt"]
+
+
+class ParametricMemoryRetriever(BaseRetriever):
+    """Retrieve by recall: each node's text is what the memory produces about the query.
+
+    The first node is `memory.recall(query)`; when `similarity_top_k > 1` the others answer
+    rephrasings of the query (`ask`), identical texts dropped, so fewer nodes come back when
+    the memory has nothing different to say. Scores are ranks (1, 1/2, 1/3, ...), not
+    similarities. Each node costs one generation of up to `max_new_tokens` tokens.
+    """
+
+    def __init__(
+        self,
+        memory: ParametricMemory | str,
+        similarity_top_k: int = 1,
+        max_new_tokens: int = 192,
+        callback_manager: CallbackManager | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if similarity_top_k < 1:
+            raise ValueError(f"similarity_top_k must be at least 1, got {similarity_top_k}")
+        self.memory = resolve_memory(memory)
+        self.similarity_top_k = similarity_top_k
+        self.max_new_tokens = max_new_tokens
+        super().__init__(callback_manager=callback_manager, **kwargs)
+
+    def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        passages = recall_passages(
+            self.memory, query_bundle.query_str, self.similarity_top_k, self.max_new_tokens
+        )
+        return [
+            NodeWithScore(
+                node=TextNode(
+                    text=passage.text,
+                    metadata=passage_metadata(self.memory, passage),
+                    excluded_llm_metadata_keys=_HIDDEN_KEYS,
+                    excluded_embed_metadata_keys=_HIDDEN_KEYS,
+                ),
+                score=1.0 / (rank + 1),
+            )
+            for rank, passage in enumerate(passages)
+        ]
+
+    async def _aretrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
+        return await asyncio.to_thread(self._retrieve, query_bundle)

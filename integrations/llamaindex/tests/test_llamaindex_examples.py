@@ -1,0 +1,27 @@
+"""The LlamaIndex examples run end to end on the tiny model (`--model PATH --fast`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from li_tiny import REPO, tiny_model_dir
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("llamaindex_ingest_query.py", ["1 document(s) held", "(source nodes: 0)"]),
+        ("llamaindex_chat_memory.py", ["consolidated ['conversation-", "session 2 assistant:"]),
+    ],
+)
+def test_example_runs_on_the_tiny_model(script, expected, tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / script), "--model", str(tiny_model_dir()),
+         "--fast", "--memory", str(tmp_path / "memory")],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in expected:
+        assert line in result.stdout
