@@ -99,8 +99,9 @@ def _memory_per_document(documents: list[dict], config: MemoryConfig, scratch: P
         memory.add_documents([document["text"]], ids=[document["id"]], progress=False)
         seconds.append(time.time() - started)
         questions += [(document, q) for q in document["questions"]]
-        answers += memory.ask_batch([q["question"] for q in document["questions"]],
-                                    max_new_tokens=MAX_ANSWER_TOKENS)
+        answers += memory.ask_batch(
+            [q["question"] for q in document["questions"]], max_new_tokens=MAX_ANSWER_TOKENS
+        )
         logging.warning("memory/doc %d/%d %.1fs", index + 1, len(documents), seconds[-1])
     row = _score(questions, answers)
     row["ingest_seconds_per_document"] = round(sum(seconds) / len(seconds), 2)
@@ -116,18 +117,23 @@ def _memory_streamed(documents: list[dict], config: MemoryConfig, scratch: Path)
         seconds.append(time.time() - started)
         logging.warning("memory/stream %d/%d %.1fs", len(seconds), len(documents), seconds[-1])
     questions = [(d, q) for d in documents for q in d["questions"]]
-    answers = memory.ask_batch([q["question"] for _, q in questions], max_new_tokens=MAX_ANSWER_TOKENS)
+    answers = memory.ask_batch(
+        [q["question"] for _, q in questions], max_new_tokens=MAX_ANSWER_TOKENS
+    )
     row = _score(questions, answers)
     half = len(documents) // 2 * 5
-    row["first_half_contains"] = _mean(contains_answer(a, q["answer"]) for (_, q), a in zip(questions[:half], answers[:half]))
-    row["second_half_contains"] = _mean(contains_answer(a, q["answer"]) for (_, q), a in zip(questions[half:], answers[half:]))
+    hits = [contains_answer(a, q["answer"]) for (_, q), a in zip(questions, answers, strict=True)]
+    row["first_half_contains"] = _mean(hits[:half])
+    row["second_half_contains"] = _mean(hits[half:])
     row["ingest_seconds_per_document"] = round(sum(seconds) / len(seconds), 2)
     row["adapter_bytes"] = memory.info().adapter_bytes
     return row
 
 
 def _score(questions: list[tuple[dict, dict]], answers: list[str]) -> dict:
-    contains = [contains_answer(a, q["answer"]) for (_, q), a in zip(questions, answers, strict=True)]
+    contains = [
+        contains_answer(a, q["answer"]) for (_, q), a in zip(questions, answers, strict=True)
+    ]
     f1 = [token_f1(a, q["answer"]) for (_, q), a in zip(questions, answers, strict=True)]
     return {
         "contains": _mean(contains),

@@ -31,12 +31,12 @@ def token_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def bootstrap_ci(values: Sequence[float], samples: int = 1000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float], samples: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """95% percentile bootstrap interval of the mean."""
     if not values:
         return (0.0, 0.0)
     rng = random.Random(seed)
-    means = sorted(
-        sum(rng.choice(values) for _ in values) / len(values) for _ in range(samples)
-    )
+    means = sorted(sum(rng.choice(values) for _ in values) / len(values) for _ in range(samples))
     return (means[int(0.025 * samples)], means[int(0.975 * samples) - 1])

@@ -52,7 +52,7 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,  # tied random weights make greedy decoding emit only "\n"
     )
     model = LlamaForCausalLM(config)
     model.generation_config.max_length = None

@@ -78,7 +78,10 @@ class Chunk:
 
 
 def chunk_document(
-    document_id: str, content_hash: str, text: str, max_tokens: int,
+    document_id: str,
+    content_hash: str,
+    text: str,
+    max_tokens: int,
     count_tokens: Callable[[str], int],
 ) -> list[Chunk]:
     return [

@@ -29,7 +29,12 @@ class ChunkingConfig(_Config):
 
 class ElicitationConfig(_Config):
     prompt_kinds: tuple[PromptKind, ...] = (
-        "entity", "cloze", "continuation", "recitation", "questions", "summary",
+        "entity",
+        "cloze",
+        "continuation",
+        "recitation",
+        "questions",
+        "summary",
     )
     """Which kinds of transfer prompts to write for each chunk. `entity`, `cloze`,
     `continuation` and `recitation` are built from the chunk's own text; `questions`,
@@ -66,7 +71,13 @@ class ConsolidationConfig(_Config):
     """LoRA scaling numerator (update is scaled by alpha / r)."""
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     target_modules: tuple[str, ...] = (
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
     )
     """Names of the base model's linear layers that get a LoRA update."""
     learning_rate: float = Field(1e-3, gt=0.0, le=1.0)

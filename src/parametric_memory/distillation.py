@@ -37,6 +37,7 @@ class Example:
     @property
     def teacher_ids(self) -> list[int]:
         return self.teacher_prefix_ids + self.teacher_suffix_ids
+
     topk_ids: torch.Tensor | None = None
     """[answer_len, k] token ids of the teacher's top-k at each answer position (CPU)."""
     topk_logprobs: torch.Tensor | None = None
@@ -164,7 +165,7 @@ def student_nll(lm: LoadedModel, examples: list[Example], batch_size: int) -> li
     result: list[float] = []
     for batch in batches(examples, batch_size):
         lens = [e.answer_len for e in batch]
-        logits, mask = answer_logits(lm.model, [e.student_ids for e in batch], lens, pad)
+        logits, _ = answer_logits(lm.model, [e.student_ids for e in batch], lens, pad)
         targets = answer_targets([e.student_ids for e in batch], lens).to(logits.device)
         nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
         result.extend(float(nll[row, :length].mean()) for row, length in enumerate(lens))

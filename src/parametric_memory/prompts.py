@@ -15,7 +15,7 @@ from .chunking import split_sentences
 
 TEACHER_TEMPLATE = "Read this text:\n\n{chunk}\n\n{prompt}"
 QUESTION_WRITER_PROMPT = (
-    'Write one question about a specific fact (a name, number, date or place) in this sentence '
+    "Write one question about a specific fact (a name, number, date or place) in this sentence "
     'of the text: "{sentence}" Write only the question.'
 )
 BLANK = "____"
@@ -23,9 +23,43 @@ BLANK = "____"
 _CAPITALISED = re.compile(r"\b[A-Z][\w'’-]*(?:\s+(?:of|the|de|van|von|and|&)?\s*[A-Z][\w'’-]*)*")
 _NUMBER = re.compile(r"\b\d[\d,.:/%-]*\b(?:\s+(?:percent|per cent|[a-z]+s))?")
 _STOPWORD_STARTS = {
-    "The", "A", "An", "In", "On", "At", "It", "Its", "This", "That", "These", "Those", "He",
-    "She", "They", "We", "I", "You", "His", "Her", "Their", "Our", "After", "Before", "When",
-    "While", "If", "As", "By", "For", "From", "With", "Each", "Every", "All", "Some", "New",
+    "The",
+    "A",
+    "An",
+    "In",
+    "On",
+    "At",
+    "It",
+    "Its",
+    "This",
+    "That",
+    "These",
+    "Those",
+    "He",
+    "She",
+    "They",
+    "We",
+    "I",
+    "You",
+    "His",
+    "Her",
+    "Their",
+    "Our",
+    "After",
+    "Before",
+    "When",
+    "While",
+    "If",
+    "As",
+    "By",
+    "For",
+    "From",
+    "With",
+    "Each",
+    "Every",
+    "All",
+    "Some",
+    "New",
 }
 
 
@@ -78,8 +112,7 @@ def _entity_prompts(chunk: str) -> list[PlannedPrompt]:
     for sentence in split_sentences(chunk):
         names.extend(s for s in salient_spans(sentence) if not s[0].isdigit())
     return [
-        PlannedPrompt("entity", f"What do you know about {name}?")
-        for name in dict.fromkeys(names)
+        PlannedPrompt("entity", f"What do you know about {name}?") for name in dict.fromkeys(names)
     ]
 
 
@@ -102,9 +135,7 @@ def _continuation_prompts(chunk: str) -> list[PlannedPrompt]:
             continue
         cut = max(3, len(words) // 3)
         prefix, rest = " ".join(words[:cut]), " ".join(words[cut:])
-        prompts.append(
-            PlannedPrompt("continuation", f"Complete the sentence: {prefix} ...", rest)
-        )
+        prompts.append(PlannedPrompt("continuation", f"Complete the sentence: {prefix} ...", rest))
     return prompts
 
 

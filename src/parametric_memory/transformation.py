@@ -56,7 +56,11 @@ def transform(
     clock.lap("consolidate")
     logger.info(
         "T: %d chunks, %d items elicited, %d kept, %d replayed; %s",
-        len(chunks), len(items), len(selected), len(replay), clock,
+        len(chunks),
+        len(items),
+        len(selected),
+        len(replay),
+        clock,
     )
     return TransformationResult(selected, len(items), len(replay), stats)
 
@@ -69,7 +73,9 @@ def retrain(
     rng: random.Random,
 ) -> TrainingStats:
     """Consolidate already-selected items into the (fresh) adapter, all together."""
-    return train_student(lm, _with_teacher_targets(lm, items, chunks, config), config.consolidation, rng)
+    return train_student(
+        lm, _with_teacher_targets(lm, items, chunks, config), config.consolidation, rng
+    )
 
 
 class _Clock:

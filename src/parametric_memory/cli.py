@@ -1,0 +1,135 @@
+"""Command-line interface: `parametric-memory ingest|ask|recall|info|verify|forget`.
+
+Library errors become one line on stderr and a non-zero exit code; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from transformers.utils import logging as transformers_logging
+
+from .config import MemoryConfig
+from .documents import read_files
+from .errors import ParametricMemoryError
+from .memory import ParametricMemory
+from .store import MANIFEST_FILE
+from .verify import verify_memory
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except ParametricMemoryError as error:
+        print(f"parametric-memory: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("parametric-memory: interrupted; the memory keeps its last commit", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parametric-memory", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(required=True, dest="command")
+
+    ingest = commands.add_parser("ingest", help="consolidate .txt/.md files or folders")
+    ingest.add_argument("paths", nargs="+")
+    ingest.add_argument("--memory", required=True)
+    ingest.add_argument("--model", default="default", help="base model for a new memory")
+    ingest.set_defaults(handler=_ingest)
+
+    for name, handler, help_text in (
+        ("ask", _ask, "answer a question from the memory's weights"),
+        ("recall", _recall, "write out what the memory holds about a query"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("text")
+        command.add_argument("--memory", required=True)
+        command.add_argument("--max-new-tokens", type=int, default=128)
+        command.set_defaults(handler=handler)
+
+    info = commands.add_parser("info", help="model, documents, tokens, adapter size")
+    info.add_argument("--memory", required=True)
+    info.set_defaults(handler=_info)
+
+    verify = commands.add_parser("verify", help="check the memory's files and hashes")
+    verify.add_argument("--memory", required=True)
+    verify.set_defaults(handler=_verify)
+
+    forget = commands.add_parser("forget", help="remove a document and its influence")
+    forget.add_argument("document_id")
+    forget.add_argument("--memory", required=True)
+    forget.set_defaults(handler=_forget)
+    return parser
+
+
+def _open_or_create(path: str, model: str) -> ParametricMemory:
+    if (Path(path) / MANIFEST_FILE).exists():
+        return ParametricMemory.open(path)
+    return ParametricMemory.create(path, MemoryConfig(model=model))
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    read_files(args.paths)  # refuse bad input before loading a model or creating a memory
+    memory = _open_or_create(args.memory, args.model)
+    report = memory.add_files(args.paths)
+    print(
+        f"added {len(report.added)} document(s), skipped {len(report.skipped)} already held; "
+        f"{report.chunks} chunk(s), {report.transfer_items} transfer item(s)"
+    )
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    memory = ParametricMemory.open(args.memory)
+    for piece in memory.stream(args.text, max_new_tokens=args.max_new_tokens):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
+def _recall(args: argparse.Namespace) -> int:
+    recollection = ParametricMemory.open(args.memory).recall(
+        args.text, max_new_tokens=args.max_new_tokens
+    )
+    print(recollection.text)
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    print(json.dumps(ParametricMemory.open(args.memory).info().model_dump(), indent=2))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    problems = verify_memory(args.memory)
+    for problem in problems:
+        print(problem)
+    print("ok" if not problems else f"{len(problems)} problem(s)")
+    return EXIT_ERROR if problems else 0
+
+
+def _forget(args: argparse.Namespace) -> int:
+    ParametricMemory.open(args.memory).delete_document(args.document_id)
+    print(f"forgot {args.document_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Integrity check of a memory folder without loading the model: manifest schema, file
+hashes, and adapter tensor shapes against the recorded base model and LoRA rank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+
+from . import store
+from .errors import MemoryNotFoundError, ParametricMemoryError
+
+
+def verify_memory(path: str | Path) -> list[str]:
+    """Problems found (empty when the memory is sound). Raises only if there is no memory."""
+    root = Path(path)
+    try:
+        manifest = store.read_manifest(root)
+    except MemoryNotFoundError:
+        raise
+    except ParametricMemoryError as error:
+        return [str(error)]
+    problems = []
+    for relative, expected in manifest.files.items():
+        file = root / relative
+        if not file.is_file():
+            problems.append(f"missing file {relative}")
+        elif store.file_sha256(file) != expected:
+            problems.append(f"hash mismatch in {relative}")
+    if manifest.state is not None and not problems:
+        problems += _check_adapter(root / manifest.state / store.ADAPTER_WEIGHTS_FILE, manifest)
+    return problems
+
+
+def _check_adapter(weights: Path, manifest: store.Manifest) -> list[str]:
+    rank = manifest.config.consolidation.lora_rank
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError) as error:
+        return [f"adapter weights unreadable: {error}"]
+    problems = []
+    for key, shape in shapes.items():
+        if "lora_A" in key and shape[0] != rank:
+            problems.append(f"{key}: rank {shape[0]}, manifest says {rank}")
+        if "lora_B" in key and shape[-1] != rank:
+            problems.append(f"{key}: rank {shape[-1]}, manifest says {rank}")
+    if not shapes:
+        problems.append("adapter weights hold no tensors")
+    return problems

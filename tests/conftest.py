@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tiny_model import build_tiny_model
+
+from parametric_memory import MemoryConfig
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def tiny_config(tiny_model_dir) -> MemoryConfig:
+    return MemoryConfig(
+        model=str(tiny_model_dir),
+        elicitation={"max_answer_tokens": 8, "items_per_chunk": 8},
+        consolidation={"epochs": 1, "lora_rank": 4},
+    )

@@ -1,0 +1,215 @@
+"""End to end on a tiny random model: ingest, persistence, de-duplication, delete, locks,
+and the errors a user sees."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from parametric_memory import (
+    CorruptMemoryError,
+    IncompatibleMemoryError,
+    InvalidDocumentError,
+    MemoryExistsError,
+    MemoryLockedError,
+    MemoryNotFoundError,
+    ParametricMemory,
+    store,
+)
+from parametric_memory.verify import verify_memory
+
+DOCS = [
+    "New hires at Brindlewick Analytics get 27 vacation days. The office is in Quillhaven.",
+    "The Zorbian festival is held every May 14. It draws 3,400 visitors to Orsk Hollow.",
+]
+
+
+@pytest.fixture
+def memory(tmp_path, tiny_config):
+    return ParametricMemory.create(tmp_path / "mem", tiny_config)
+
+
+def test_ingest_commits_adapter_manifest_and_transfer_set(memory):
+    report = memory.add_documents(DOCS, ids=["a", "b"], progress=False)
+    assert report.added == ["a", "b"] and report.transfer_items > 0
+    info = memory.info()
+    assert info.documents == 2 and info.adapter_bytes > 0 and info.tokens > 0
+    manifest = json.loads((memory.root / store.MANIFEST_FILE).read_text())
+    assert set(manifest["documents"]) == {"a", "b"}
+    assert verify_memory(memory.root) == []
+
+
+def test_adding_held_content_again_is_a_no_op(memory):
+    memory.add_documents(DOCS[:1], ids=["a"], progress=False)
+    before = memory.info().updated_at
+    report = memory.add_documents(DOCS[:1], ids=["a-again"], progress=False)
+    assert report.skipped == ["a-again"] and report.added == []
+    assert memory.info().updated_at == before
+
+
+def test_same_id_with_new_content_is_refused(memory):
+    memory.add_documents(DOCS[:1], ids=["a"], progress=False)
+    with pytest.raises(InvalidDocumentError, match="delete it first"):
+        memory.add_documents(DOCS[1:], ids=["a"], progress=False)
+
+
+def test_reopened_memory_answers_like_the_original(memory, tiny_config):
+    memory.add_documents(DOCS, ids=["a", "b"], progress=False)
+    question = "How many vacation days?"
+    expected = memory.ask(question, max_new_tokens=6)
+    reopened = ParametricMemory.open(memory.root)
+    assert reopened.ask(question, max_new_tokens=6) == expected
+    assert reopened.documents.keys() == {"a", "b"}
+
+
+def test_adapter_changes_the_answers_distribution(memory):
+    lm = memory.model
+    before = {k: v.clone() for k, v in lm.model.state_dict().items() if "lora_B" in k}
+    memory.add_documents(DOCS[:1], ids=["a"], progress=False)
+    after = {k: v for k, v in lm.model.state_dict().items() if "lora_B" in k}
+    assert any(not (before[k] == after[k]).all() for k in before)
+
+
+def test_delete_document_removes_it_and_its_transfer_items(memory):
+    memory.add_documents(DOCS, ids=["a", "b"], progress=False)
+    memory.delete_document("a")
+    assert memory.documents.keys() == {"b"}
+    chunks = store.read_chunks(memory.root, store.read_manifest(memory.root))
+    assert {c.document_id for c in chunks} == {"b"}
+    assert verify_memory(memory.root) == []
+
+
+def test_create_refuses_an_existing_memory(memory, tiny_config):
+    with pytest.raises(MemoryExistsError):
+        ParametricMemory.create(memory.root, tiny_config)
+
+
+def test_open_missing_memory(tmp_path):
+    with pytest.raises(MemoryNotFoundError, match="does not exist"):
+        ParametricMemory.open(tmp_path / "nowhere")
+
+
+def test_corrupt_manifest_is_reported(memory):
+    (memory.root / store.MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(CorruptMemoryError, match="not valid JSON"):
+        ParametricMemory.open(memory.root)
+
+
+def test_newer_schema_asks_for_an_upgrade(memory):
+    path = memory.root / store.MANIFEST_FILE
+    raw = json.loads(path.read_text())
+    raw.update(schema_version=99, library_version="9.0.0")
+    path.write_text(json.dumps(raw))
+    with pytest.raises(IncompatibleMemoryError, match=r"upgrade parametric-memory to >= 9\.0\.0"):
+        ParametricMemory.open(memory.root)
+
+
+def test_other_base_model_is_refused(memory, tmp_path):
+    from tiny_model import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other", seed=1)
+    path = memory.root / store.MANIFEST_FILE
+    raw = json.loads(path.read_text())
+    raw["config"]["model"] = str(other)
+    path.write_text(json.dumps(raw))
+    with pytest.raises(IncompatibleMemoryError, match="same base model"):
+        ParametricMemory.open(memory.root)
+
+
+def test_tampered_adapter_fails_verify(memory):
+    memory.add_documents(DOCS[:1], ids=["a"], progress=False)
+    manifest = store.read_manifest(memory.root)
+    weights = memory.root / manifest.state / store.ADAPTER_WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert any("hash mismatch" in p for p in verify_memory(memory.root))
+
+
+def test_a_second_writer_is_told_who_holds_the_lock(memory):
+    with store.write_lock(memory.root), pytest.raises(MemoryLockedError, match="locked by pid"):
+        memory.add_documents(DOCS[:1], progress=False)
+
+
+def test_failed_ingest_leaves_the_last_commit(memory, monkeypatch):
+    memory.add_documents(DOCS[:1], ids=["a"], progress=False)
+    before = verify_memory(memory.root), memory.documents.keys()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("crash during consolidation")
+
+    monkeypatch.setattr("parametric_memory.memory.transform", boom)
+    with pytest.raises(RuntimeError):
+        memory.add_documents(DOCS[1:], ids=["b"], progress=False)
+    assert (verify_memory(memory.root), memory.documents.keys()) == before
+    assert ParametricMemory.open(memory.root).documents.keys() == {"a"}
+
+
+def test_stream_yields_the_same_text_as_ask(memory):
+    memory.add_documents(DOCS[:1], ids=["a"], progress=False)
+    streamed = "".join(memory.stream("Where is the office?", max_new_tokens=6)).strip()
+    assert streamed == memory.ask("Where is the office?", max_new_tokens=6)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "parametric_memory.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_ingest_info_ask_verify_forget(tmp_path, tiny_model_dir):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text(DOCS[0])
+    (docs / "b.txt").write_text(DOCS[1])
+    mem = str(tmp_path / "mem")
+    ingest = _cli("ingest", str(docs), "--memory", mem, "--model", str(tiny_model_dir))
+    assert ingest.returncode == 0, ingest.stderr
+    assert "added 2 document(s)" in ingest.stdout
+    info = json.loads(_cli("info", "--memory", mem).stdout)
+    assert info["documents"] == 2
+    assert _cli("ask", "Where?", "--memory", mem, "--max-new-tokens", "4").returncode == 0
+    assert _cli("verify", "--memory", mem).stdout.strip().endswith("ok")
+    assert _cli("forget", "a.md", "--memory", mem).returncode == 0
+    assert json.loads(_cli("info", "--memory", mem).stdout)["documents"] == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        ("none", ["info", "--memory", "{tmp}/missing"], "does not exist"),
+        ("binary", ["ingest", "{tmp}/bin.txt", "--memory", "{tmp}/m"], "NUL bytes"),
+        ("empty", ["ingest", "{tmp}/empty.md", "--memory", "{tmp}/m"], "empty"),
+        ("latin1", ["ingest", "{tmp}/latin.txt", "--memory", "{tmp}/m"], "not UTF-8"),
+        ("corrupt", ["info", "--memory", "{tmp}/c"], "not valid JSON"),
+        (
+            "none",
+            ["ingest", "{tmp}/x.md", "--memory", "{tmp}/m", "--model", "{tmp}/nomodel"],
+            "no such file",
+        ),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_1(tmp_path, setup, args, message):
+    (tmp_path / "bin.txt").write_bytes(b"abc\x00\x01\x02")
+    (tmp_path / "empty.md").write_text("  \n")
+    (tmp_path / "latin.txt").write_bytes("caf\xe9".encode("latin-1"))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / store.MANIFEST_FILE).write_text("{oops")
+    result = _cli(*[a.format(tmp=tmp_path) for a in args])
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_cli_wrong_model_is_a_clean_error(tmp_path):
+    (tmp_path / "x.md").write_text(DOCS[0])
+    result = _cli(
+        "ingest", str(tmp_path / "x.md"), "--memory", str(tmp_path / "m"), "--model", str(tmp_path)
+    )
+    assert result.returncode == 1 and "cannot load model" in result.stderr
+    assert "Traceback" not in result.stderr
