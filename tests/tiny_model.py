@@ -60,3 +60,15 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+def build_talking_tiny_model(folder: Path, seed: int = 3) -> Path:
+    """The tiny model with a random output layer of larger scale, so that greedy decoding
+    writes varied non-empty text (frameworks' standard tests want non-empty answers)."""
+    build_tiny_model(folder, seed=seed)
+    model = LlamaForCausalLM.from_pretrained(folder)
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(model.lm_head.weight.shape, generator=generator) * 0.5
+    model.lm_head.weight = torch.nn.Parameter(weight)
+    model.save_pretrained(folder)
+    return folder

@@ -1,68 +1,29 @@
-"""Helpers shared by the LlamaIndex classes, over the public `ParametricMemory` API only:
-opening a memory once per process, serialising model use on one memory, recalling several
-passages for one query, streaming without holding a lock across yields, and turning chat
-messages into the single question the memory answers."""
+"""Helpers shared by the LlamaIndex classes: turning chat messages into the single question
+the memory answers, transcripts, async iteration. The framework-free helpers (opening a
+memory once, the model lock, streaming, recalled passages) come from
+`parametric_memory.integration`."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import queue
-import threading
 import unicodedata
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
-from weakref import WeakKeyDictionary
+from typing import TypeVar
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
 from parametric_memory import ParametricMemory
+from parametric_memory.integration import (  # noqa: F401  (re-exported to the package)
+    FOLLOW_UP_PROMPTS,
+    Passage,
+    model_lock,
+    passage_metadata,
+    recall_passages,
+    resolve_memory,
+)
+from parametric_memory.integration import stream_answer as _stream_answer
 
 T = TypeVar("T")
-
-_OPENED: dict[Path, ParametricMemory] = {}
-_OPEN_LOCK = threading.Lock()
-_MODEL_LOCKS: WeakKeyDictionary[ParametricMemory, threading.RLock] = WeakKeyDictionary()
-
-FOLLOW_UP_PROMPTS = (
-    "{query}",
-    "What do you remember about {topic}?",
-    "List the facts you know about {topic}.",
-    "Summarize what you know about {topic}.",
-    "Which names, numbers and dates do you know about {topic}?",
-    "Explain {topic} in a few sentences.",
-)
-"""Extra phrasings asked (in order) when more than one passage is wanted for a query. The
-first passage is always `memory.recall(query)`."""
-
-
-def resolve_memory(value: Any) -> ParametricMemory:
-    """A `ParametricMemory` as is, or a path to open. A path is opened once per process
-    (and per resolved folder), so several components share one model in RAM."""
-    if isinstance(value, ParametricMemory):
-        return value
-    if isinstance(value, (str, os.PathLike)):
-        root = Path(value).expanduser().resolve()
-        with _OPEN_LOCK:
-            if root not in _OPENED:
-                _OPENED[root] = ParametricMemory.open(root)
-            return _OPENED[root]
-    raise TypeError(
-        f"memory must be a ParametricMemory or the path of a memory folder, got "
-        f"{type(value).__name__}"
-    )
-
-
-def model_lock(memory: ParametricMemory) -> threading.RLock:
-    """One lock per memory: generation and writes share one model and adapter, so calls
-    from worker threads run one at a time."""
-    with _OPEN_LOCK:
-        lock = _MODEL_LOCKS.get(memory)
-        if lock is None:
-            lock = _MODEL_LOCKS[memory] = threading.RLock()
-        return lock
 
 
 def ask(memory: ParametricMemory, question: str, max_new_tokens: int) -> str:
@@ -71,31 +32,8 @@ def ask(memory: ParametricMemory, question: str, max_new_tokens: int) -> str:
 
 
 def stream_answer(memory: ParametricMemory, question: str, max_new_tokens: int) -> Iterator[str]:
-    """`memory.stream(question)` run by a helper thread that holds the model lock while the
-    model generates, so no lock is held across this iterator's yields. Leading whitespace is
-    dropped, as `ask` strips its answer."""
-    pieces: queue.Queue[object] = queue.Queue()
-    end = object()
-
-    def produce() -> None:
-        try:
-            with model_lock(memory):
-                for piece in memory.stream(question, max_new_tokens=max_new_tokens):
-                    pieces.put(piece)
-        except BaseException as error:  # handed to the consumer
-            pieces.put(error)
-        finally:
-            pieces.put(end)
-
-    threading.Thread(target=produce, name="parametric-memory-stream", daemon=True).start()
-    started = False
-    while (item := pieces.get()) is not end:
-        if isinstance(item, BaseException):
-            raise item
-        piece = str(item) if started else str(item).lstrip()
-        if piece:
-            started = True
-            yield piece
+    """Streamed answer without leading whitespace, as `ask` strips its answer."""
+    return _stream_answer(memory, question, max_new_tokens, strip_leading=True)
 
 
 async def aiterate(iterator: Iterator[T]) -> AsyncIterator[T]:
@@ -103,56 +41,6 @@ async def aiterate(iterator: Iterator[T]) -> AsyncIterator[T]:
     end = object()
     while (item := await asyncio.to_thread(next, iterator, end)) is not end:
         yield item  # type: ignore[misc]
-
-
-@dataclass(frozen=True)
-class Passage:
-    text: str
-    kind: str
-    """"recall" (memory.recall of the query) or "answer" (memory.ask of a phrasing)."""
-    prompt: str
-    document_ids: list[str]
-    """Held documents the recollection of the query overlaps most (best first)."""
-
-
-def recall_passages(
-    memory: ParametricMemory, query: str, k: int, max_new_tokens: int
-) -> list[Passage]:
-    """Up to `k` distinct, non-empty texts the memory produces about `query`: its
-    recollection first, then answers to the phrasings in `FOLLOW_UP_PROMPTS`."""
-    if k < 1:
-        return []
-    topic = query.strip().rstrip("?.! ") or query
-    passages: list[Passage] = []
-    seen: set[str] = set()
-
-    def keep(text: str, kind: str, prompt: str, ids: list[str]) -> None:
-        key = " ".join(text.split()).casefold()
-        if key and key not in seen and len(passages) < k:
-            seen.add(key)
-            passages.append(Passage(text, kind, prompt, ids))
-
-    with model_lock(memory):
-        first = memory.recall(query, max_new_tokens=max_new_tokens)
-        keep(first.text, "recall", query, list(first.document_ids))
-        prompts = [p.format(query=query, topic=topic) for p in FOLLOW_UP_PROMPTS]
-        while len(passages) < k and prompts:
-            batch, prompts = prompts[: k - len(passages)], prompts[k - len(passages) :]
-            answers = memory.ask_batch(batch, max_new_tokens=max_new_tokens)
-            for prompt, answer in zip(batch, answers, strict=True):
-                keep(answer, "answer", prompt, list(first.document_ids))
-    return passages
-
-
-def passage_metadata(memory: ParametricMemory, passage: Passage) -> dict[str, Any]:
-    return {
-        "source": "parametric-memory",
-        "memory": str(memory.root),
-        "document_ids": list(passage.document_ids),
-        "recalled": True,
-        "kind": passage.kind,
-        "prompt": passage.prompt,
-    }
 
 
 _ROLE = {MessageRole.USER: "User", MessageRole.ASSISTANT: "Assistant"}

@@ -1,0 +1,142 @@
+"""Helpers for framework integrations (LangChain, LlamaIndex), over the public
+`ParametricMemory` API only: opening a memory once per process, serialising model use on
+one memory, streaming without holding the lock across yields, and recalling several
+passages for one query."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from .memory import ParametricMemory
+
+_OPENED: dict[Path, ParametricMemory] = {}
+_OPEN_LOCK = threading.Lock()
+_MODEL_LOCKS: WeakKeyDictionary[ParametricMemory, threading.RLock] = WeakKeyDictionary()
+
+FOLLOW_UP_PROMPTS = (
+    "{query}",
+    "What do you remember about {topic}?",
+    "List the facts you know about {topic}.",
+    "Summarize what you know about {topic}.",
+    "Which names, numbers and dates do you know about {topic}?",
+    "Explain {topic} in a few sentences.",
+)
+"""Extra phrasings asked (in order) when more than one passage is wanted for a query. The
+first passage is always `memory.recall(query)`."""
+
+
+def resolve_memory(value: Any) -> ParametricMemory:
+    """A `ParametricMemory` as is, or a path to open. A path is opened once per process
+    (and per resolved folder), so several components share one model in RAM."""
+    if isinstance(value, ParametricMemory):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        root = Path(value).expanduser().resolve()
+        with _OPEN_LOCK:
+            if root not in _OPENED:
+                _OPENED[root] = ParametricMemory.open(root)
+            return _OPENED[root]
+    raise TypeError(
+        f"memory must be a ParametricMemory or the path of a memory folder, got "
+        f"{type(value).__name__}"
+    )
+
+
+def model_lock(memory: ParametricMemory) -> threading.RLock:
+    """One lock per memory: generation and writes share one model and adapter, so calls
+    from worker threads (a framework's async defaults, `batch`) run one at a time."""
+    with _OPEN_LOCK:
+        lock = _MODEL_LOCKS.get(memory)
+        if lock is None:
+            lock = _MODEL_LOCKS[memory] = threading.RLock()
+        return lock
+
+
+def stream_answer(
+    memory: ParametricMemory, question: str, max_new_tokens: int, *, strip_leading: bool = False
+) -> Iterator[str]:
+    """`memory.stream(question)` run by a helper thread that holds the model lock while the
+    model generates, so the lock is never held across this iterator's yields (a consumer may
+    use the memory between pieces, and async callers may resume on other threads).
+    `strip_leading` drops leading whitespace, as `ask` strips its answer."""
+    pieces: queue.Queue[object] = queue.Queue()
+    end = object()
+
+    def produce() -> None:
+        try:
+            with model_lock(memory):
+                for piece in memory.stream(question, max_new_tokens=max_new_tokens):
+                    pieces.put(piece)
+        except BaseException as error:  # handed to the consumer
+            pieces.put(error)
+        finally:
+            pieces.put(end)
+
+    threading.Thread(target=produce, name="parametric-memory-stream", daemon=True).start()
+    started = not strip_leading
+    while (item := pieces.get()) is not end:
+        if isinstance(item, BaseException):
+            raise item
+        piece = str(item) if started else str(item).lstrip()
+        if piece:
+            started = True
+            yield piece
+
+
+@dataclass(frozen=True)
+class Passage:
+    text: str
+    kind: str
+    """"recall" (memory.recall of the query) or "answer" (memory.ask of a phrasing)."""
+    prompt: str
+    """The query (for "recall") or the question asked (for "answer")."""
+    document_ids: list[str]
+    """Held documents the recollection of the query overlaps most (best first)."""
+
+
+def recall_passages(
+    memory: ParametricMemory, query: str, k: int, max_new_tokens: int
+) -> list[Passage]:
+    """Up to `k` distinct, non-empty texts the memory produces about `query`: its
+    recollection first, then answers to the phrasings in `FOLLOW_UP_PROMPTS`. Fewer than `k`
+    come back when the phrasings run out of distinct answers."""
+    if k < 1:
+        return []
+    topic = query.strip().rstrip("?.! ") or query
+    passages: list[Passage] = []
+    seen: set[str] = set()
+
+    def keep(text: str, kind: str, prompt: str, ids: list[str]) -> None:
+        key = " ".join(text.split()).casefold()
+        if key and key not in seen and len(passages) < k:
+            seen.add(key)
+            passages.append(Passage(text, kind, prompt, ids))
+
+    with model_lock(memory):
+        first = memory.recall(query, max_new_tokens=max_new_tokens)
+        keep(first.text, "recall", query, list(first.document_ids))
+        prompts = [p.format(query=query, topic=topic) for p in FOLLOW_UP_PROMPTS]
+        while len(passages) < k and prompts:
+            batch, prompts = prompts[: k - len(passages)], prompts[k - len(passages) :]
+            answers = memory.ask_batch(batch, max_new_tokens=max_new_tokens)
+            for prompt, answer in zip(batch, answers, strict=True):
+                keep(answer, "answer", prompt, list(first.document_ids))
+    return passages
+
+
+def passage_metadata(memory: ParametricMemory, passage: Passage) -> dict[str, Any]:
+    return {
+        "source": "parametric-memory",
+        "memory": str(memory.root),
+        "document_ids": list(passage.document_ids),
+        "recalled": True,
+        "kind": passage.kind,
+        "prompt": passage.prompt,
+    }
