@@ -77,6 +77,8 @@ class ParametricMemory:
         self.root = root
         self._manifest = manifest
         self._lm = lm
+        self._chunk_words_cache: list[tuple[str, set[str]]] | None = None
+        self._chunk_words_state: str | None = None
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -354,11 +356,20 @@ class ParametricMemory:
         if not words:
             return []
         overlap: dict[str, int] = {}
-        for chunk in store.read_chunks(self.root, self._manifest):
-            shared = len(words & _content_words(chunk.text))
-            overlap[chunk.document_id] = max(overlap.get(chunk.document_id, 0), shared)
+        for document_id, chunk_words in self._chunk_words():
+            shared = len(words & chunk_words)
+            overlap[document_id] = max(overlap.get(document_id, 0), shared)
         ranked = sorted((n, doc) for doc, n in overlap.items() if n >= 2)
         return [doc for _, doc in reversed(ranked)][:limit]
+
+    def _chunk_words(self) -> list[tuple[str, set[str]]]:
+        """Each held chunk's content words, read once per committed state (not per recall)."""
+        state = self._manifest.state
+        if self._chunk_words_cache is None or self._chunk_words_state != state:
+            chunks = store.read_chunks(self.root, self._manifest)
+            self._chunk_words_cache = [(c.document_id, _content_words(c.text)) for c in chunks]
+            self._chunk_words_state = state
+        return self._chunk_words_cache
 
     @property
     def model(self) -> LoadedModel:
