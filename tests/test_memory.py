@@ -122,7 +122,7 @@ def test_other_base_model_is_refused(memory, tmp_path):
 def test_tampered_adapter_fails_verify(memory):
     memory.add_documents(DOCS[:1], ids=["a"], progress=False)
     manifest = store.read_manifest(memory.root)
-    weights = memory.root / manifest.state / store.ADAPTER_WEIGHTS_FILE
+    weights = store.shard_weights(memory.root, manifest, 0)
     weights.write_bytes(weights.read_bytes()[:100])
     assert any("hash mismatch" in p for p in verify_memory(memory.root))
 

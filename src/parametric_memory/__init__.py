@@ -8,6 +8,7 @@ from .config import (
     ElicitationConfig,
     MemoryConfig,
     SelectionConfig,
+    ShardingConfig,
 )
 from .errors import (
     CorruptMemoryError,
@@ -41,5 +42,6 @@ __all__ = [
     "ParametricMemoryError",
     "Recollection",
     "SelectionConfig",
+    "ShardingConfig",
     "__version__",
 ]

@@ -80,15 +80,16 @@ class ConsolidationConfig(_Config):
         "down_proj",
     )
     """Names of the base model's linear layers that get a LoRA update."""
-    learning_rate: float = Field(1e-3, gt=0.0, le=1.0)
+    learning_rate: float = Field(3e-3, gt=0.0, le=1.0)
     """AdamW learning rate for the adapter weights."""
     epochs: int = Field(8, ge=1, le=1000)
     """Passes over each memory transformation's training set (new items + replay)."""
     batch_size: int = Field(8, ge=1, le=4096)
     """Transfer items per optimiser step."""
-    replay_ratio: float = Field(2.0, ge=0.0, le=64.0)
-    """Earlier transfer items mixed into each transformation, as a multiple of the new
-    items' count. 0 disables rehearsal (and lets new documents overwrite old ones)."""
+    replay_ratio: float = Field(8.0, ge=0.0, le=64.0)
+    """Earlier transfer items of the same shard mixed into each transformation, as a multiple
+    of the new items' count (capped by what the shard holds: with 4 documents a shard, 8
+    replays all of it). 0 disables rehearsal and lets new documents overwrite old ones."""
     teacher_top_k: int = Field(64, ge=1, le=100_000)
     """Teacher distribution kept per answer token: the top-k probabilities plus the tail mass.
     Computed once per item and reused across epochs."""
@@ -99,6 +100,14 @@ class ConsolidationConfig(_Config):
     chunks_per_transformation: int = Field(8, ge=1, le=4096)
     """Chunks consolidated together in one memory transformation T_i. Bounds the RAM a long
     document needs; a document is committed to disk once all its chunks are consolidated."""
+
+
+class ShardingConfig(_Config):
+    documents_per_shard: int | None = Field(4, ge=1, le=1_000_000)
+    """Documents written into one adapter shard; a new shard starts when the newest is full.
+    A question is answered with the weights of the shard whose chunks match it best (BM25),
+    so documents in other shards cannot be overwritten by new ones. None keeps every
+    document in a single adapter (plain streaming, protected by replay alone)."""
 
 
 class MemoryConfig(_Config):
@@ -117,3 +126,4 @@ class MemoryConfig(_Config):
     elicitation: ElicitationConfig = ElicitationConfig()
     selection: SelectionConfig = SelectionConfig()
     consolidation: ConsolidationConfig = ConsolidationConfig()
+    sharding: ShardingConfig = ShardingConfig()

@@ -1,12 +1,12 @@
 """`ParametricMemory` — the face of the library: documents in, adapter out, answers from
 weights. It runs the pipeline (chunking → elicitation → selection → consolidation) one
-document at a time and commits each finished document to the store."""
+document at a time into the newest adapter shard, commits each finished document to the
+store, and answers each question with the weights of the shard its router picks."""
 
 from __future__ import annotations
 
 import logging
 import random
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from .errors import (
 )
 from .generation import generate, stream
 from .models import LoadedModel, load_model
+from .routing import ShardRouter
 from .transformation import retrain, transform
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class MemoryInfo(BaseModel):
     model: str
     model_fingerprint: str
     documents: int
+    shards: int
     chunks: int
     tokens: int
     transfer_items: int
@@ -67,7 +69,7 @@ class Recollection:
     query: str
     text: str
     document_ids: list[str]
-    """Held documents whose words the recalled text overlaps most (best first)."""
+    """Held documents whose words the recalled text matches best (BM25, best first)."""
 
 
 class ParametricMemory:
@@ -77,8 +79,9 @@ class ParametricMemory:
         self.root = root
         self._manifest = manifest
         self._lm = lm
-        self._chunk_words_cache: list[tuple[str, set[str]]] | None = None
-        self._chunk_words_state: str | None = None
+        self._active_shard: int | None = None
+        """The shard whose committed weights the adapter holds; None when unknown."""
+        self._router_cache: tuple[str | None, ShardRouter] | None = None
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -121,18 +124,25 @@ class ParametricMemory:
                 f"{lm.fingerprint}: use the same base model weights"
             )
         memory = cls(root, manifest, lm)
-        memory._load_adapter()
+        memory._activate(memory._newest_shard())
         return memory
 
-    def _load_adapter(self) -> None:
-        """Make the adapter's weights those of the committed state (fresh if none)."""
+    def _activate(self, shard: int) -> None:
+        """Load `shard`'s committed weights into the adapter (fresh weights for a new one)."""
+        if self._active_shard == shard:
+            return
         config = self._manifest.config
         if not isinstance(self._lm.model, PeftModel):
             attach_adapter(self._lm, config.consolidation, config.seed)
-        if self._manifest.state is None:
+        path = store.shard_weights(self.root, self._manifest, shard)
+        self._active_shard = None
+        if path is None:
             reset_adapter(self._lm, config.seed)
-            return
-        path = self.root / self._manifest.state / store.ADAPTER_WEIGHTS_FILE
+        else:
+            self._load_weights(path)
+        self._active_shard = shard
+
+    def _load_weights(self, path: Path) -> None:
         try:
             weights = load_file(path)
             result = set_peft_model_state_dict(self._lm.model, weights)
@@ -153,19 +163,19 @@ class ParametricMemory:
 
     def info(self) -> MemoryInfo:
         manifest = self._manifest
-        weights = (
-            self.root / manifest.state / store.ADAPTER_WEIGHTS_FILE if manifest.state else None
-        )
+        shards = self._shards()
+        weights = [store.shard_weights(self.root, manifest, shard) for shard in shards]
         docs = manifest.documents.values()
         return MemoryInfo(
             path=str(self.root),
             model=manifest.base_model.name,
             model_fingerprint=manifest.base_model.fingerprint,
             documents=len(manifest.documents),
+            shards=len(shards),
             chunks=sum(d.chunks for d in docs),
             tokens=sum(d.tokens for d in docs),
             transfer_items=sum(d.transfer_items for d in docs),
-            adapter_bytes=weights.stat().st_size if weights and weights.is_file() else 0,
+            adapter_bytes=sum(w.stat().st_size for w in weights if w and w.is_file()),
             created_at=manifest.created_at,
             updated_at=manifest.updated_at,
         )
@@ -209,8 +219,11 @@ class ParametricMemory:
             bar = tqdm(todo, desc="consolidating", unit="doc", disable=not progress)
             for document in bar:
                 bar.set_postfix_str(document.id[:30])
-                chunks, items = self._consolidate(document, held_chunks, held_items)
-                self._commit_document(document, chunks, items, held_chunks, held_items)
+                shard = self._shard_for_new_document()
+                self._activate(shard)
+                shard_items = self._items_of_shard(shard, held_items, held_chunks)
+                chunks, items = self._consolidate(document, held_chunks, shard_items)
+                self._commit_document(document, shard, chunks, items, held_chunks, held_items)
                 report.added.append(document.id)
                 report.chunks += len(chunks)
                 report.transfer_items += len(items)
@@ -233,6 +246,24 @@ class ParametricMemory:
                 seen.add(document.content_hash)
         return todo
 
+    def _shards(self) -> list[int]:
+        return sorted({record.shard for record in self._manifest.documents.values()})
+
+    def _newest_shard(self) -> int:
+        return max(self._shards(), default=0)
+
+    def _shard_for_new_document(self) -> int:
+        per_shard = self.config.sharding.documents_per_shard
+        newest = self._newest_shard()
+        held = sum(r.shard == newest for r in self._manifest.documents.values())
+        return newest + 1 if per_shard is not None and held >= per_shard else newest
+
+    def _items_of_shard(
+        self, shard: int, items: list[TransferItem], chunks: dict[str, Chunk]
+    ) -> list[TransferItem]:
+        documents = self._manifest.documents
+        return [i for i in items if documents[chunks[i.chunk_id].document_id].shard == shard]
+
     def _consolidate(
         self, document: Document, held_chunks: dict[str, Chunk], held_items: list[TransferItem]
     ) -> tuple[list[Chunk], list[TransferItem]]:
@@ -252,14 +283,15 @@ class ParametricMemory:
                 result = transform(self._lm, group, held_items + items, held_chunks, config, rng)
                 items.extend(result.selected)
         except BaseException:
-            # Nothing of this document was committed: the adapter goes back to match disk.
-            self._load_adapter()
+            # Nothing of this document was committed: the adapter no longer matches disk.
+            self._active_shard = None
             raise
         return chunks, items
 
     def _commit_document(
         self,
         document: Document,
+        shard: int,
         chunks: list[Chunk],
         items: list[TransferItem],
         held_chunks: dict[str, Chunk],
@@ -273,103 +305,134 @@ class ParametricMemory:
             tokens=sum(chunk.tokens for chunk in chunks),
             transfer_items=len(items),
             added_at=store.now(),
+            shard=shard,
             metadata=document.metadata,
         )
         documents = {**self._manifest.documents, document.id: record}
-        manifest = self._manifest.model_copy(update={"documents": documents})
-        self._manifest = store.commit(
-            self.root, manifest, lambda folder: self._write_state(folder, held_chunks, held_items)
-        )
+        self._commit(documents, shard, held_chunks, held_items)
 
-    def _write_state(
+    def _commit(
+        self,
+        documents: dict[str, store.DocumentRecord],
+        changed_shard: int | None,
+        chunks: dict[str, Chunk],
+        items: list[TransferItem],
+    ) -> None:
+        """Commit `documents` with the adapter's weights as `changed_shard` (None: no shard
+        changed but by removal); every other shard is carried over as committed."""
+        unchanged = {r.shard for r in documents.values()} - {changed_shard}
+        manifest = self._manifest.model_copy(update={"documents": documents})
+
+        def write_state(folder: Path) -> None:
+            if changed_shard is not None:
+                self._lm.model.save_pretrained(folder / store.shard_dir(changed_shard))
+            self._write_records(folder, chunks, items)
+
+        self._manifest = store.commit(self.root, manifest, write_state, unchanged)
+
+    def _write_records(
         self, folder: Path, chunks: dict[str, Chunk], items: list[TransferItem]
     ) -> None:
-        self._lm.model.save_pretrained(folder / store.ADAPTER_DIR)
         store.write_jsonl(folder / store.CHUNKS_FILE, list(chunks.values()))
         store.write_jsonl(folder / store.TRANSFER_SET_FILE, items)
 
     def delete_document(self, document_id: str, *, progress: bool = True) -> None:
-        """Remove a document and its influence: the adapter is retrained from scratch on the
-        kept transfer items of the other documents, then committed atomically."""
+        """Remove a document and its influence: its shard's adapter is retrained from scratch
+        on the kept transfer items of the shard's other documents, then committed atomically."""
         with store.write_lock(self.root):
             self._refresh()
             if document_id not in self._manifest.documents:
                 raise DocumentNotFoundError(f"the memory holds no document {document_id!r}")
+            shard = self._manifest.documents[document_id].shard
+            documents = {k: v for k, v in self._manifest.documents.items() if k != document_id}
             chunks = {
                 c.id: c
                 for c in store.read_chunks(self.root, self._manifest)
-                if c.document_id != document_id
+                if c.document_id in documents
             }
             items = [
                 i
                 for i in store.read_transfer_set(self.root, self._manifest)
                 if i.chunk_id in chunks
             ]
+            shard_kept = any(r.shard == shard for r in documents.values())
+            self._active_shard = None
             try:
-                reset_adapter(self._lm, self.config.seed)
-                if items:
-                    retrain(self._lm, items, chunks, self.config, random.Random(self.config.seed))
-                documents = {k: v for k, v in self._manifest.documents.items() if k != document_id}
-                manifest = self._manifest.model_copy(update={"documents": documents})
-                self._manifest = store.commit(
-                    self.root, manifest, lambda folder: self._write_state(folder, chunks, items)
-                )
+                if shard_kept:
+                    self._retrain_shard(shard, documents, chunks, items)
+                self._commit(documents, shard if shard_kept else None, chunks, items)
             except BaseException:
-                self._load_adapter()
+                self._active_shard = None
                 raise
+            self._active_shard = shard if shard_kept else None
+
+    def _retrain_shard(
+        self,
+        shard: int,
+        documents: dict[str, store.DocumentRecord],
+        chunks: dict[str, Chunk],
+        items: list[TransferItem],
+    ) -> None:
+        kept = [i for i in items if documents[chunks[i.chunk_id].document_id].shard == shard]
+        reset_adapter(self._lm, self.config.seed)
+        if kept:
+            retrain(self._lm, kept, chunks, self.config, random.Random(self.config.seed))
 
     def _refresh(self) -> None:
         """Pick up commits another writer made since this memory was opened."""
         latest = store.read_manifest(self.root)
         if latest.state != self._manifest.state:
             self._manifest = latest
-            self._load_adapter()
+            self._active_shard = None
         store.remove_stale_states(self.root, self._manifest)
 
     # --- reading ------------------------------------------------------------------------
     def ask(self, question: str, *, max_new_tokens: int = 128) -> str:
         """Answer from the weights alone: the question is the whole prompt."""
-        _check_query(question, "question")
-        return generate(self._lm, [question], max_new_tokens, batch_size=1)[0].strip()
+        return self.ask_batch([question], max_new_tokens=max_new_tokens)[0]
 
     def ask_batch(self, questions: Sequence[str], *, max_new_tokens: int = 128) -> list[str]:
         for question in questions:
             _check_query(question, "question")
-        answers = generate(self._lm, list(questions), max_new_tokens, batch_size=16)
-        return [a.strip() for a in answers]
+        return self._generate_routed(list(questions), list(questions), max_new_tokens)
 
     def stream(self, question: str, *, max_new_tokens: int = 128) -> Iterator[str]:
         """Like `ask`, yielding text as it is generated."""
         _check_query(question, "question")
+        self._activate(self._router().shards_for([question])[0])
         return stream(self._lm, question, max_new_tokens)
+
+    def _generate_routed(
+        self, prompts: list[str], routing_texts: list[str], max_new_tokens: int
+    ) -> list[str]:
+        """Greedy answers to `prompts`, each with the weights of the shard its routing text
+        is routed to; one batch per shard."""
+        shards = self._router().shards_for(routing_texts)
+        answers = [""] * len(prompts)
+        for shard in sorted(set(shards)):
+            picked = [i for i, s in enumerate(shards) if s == shard]
+            self._activate(shard)
+            texts = generate(self._lm, [prompts[i] for i in picked], max_new_tokens, 16)
+            for index, text in zip(picked, texts, strict=True):
+                answers[index] = text.strip()
+        return answers
+
+    def _router(self) -> ShardRouter:
+        """The BM25 router over the held chunks, built once per committed state."""
+        state = self._manifest.state
+        if self._router_cache is None or self._router_cache[0] != state:
+            chunks = store.read_chunks(self.root, self._manifest)
+            shard_of = {doc: record.shard for doc, record in self._manifest.documents.items()}
+            self._router_cache = (state, ShardRouter(chunks, shard_of))
+        return self._router_cache[1]
 
     def recall(self, query: str, *, max_new_tokens: int = 192) -> Recollection:
         """Write out, as plain text, what the memory holds about `query` — for handing to
         another LLM where a retriever's documents would go."""
         _check_query(query, "query")
         prompt = RECALL_TEMPLATE.format(query=query.strip().rstrip("?.!"))
-        text = generate(self._lm, [prompt], max_new_tokens, batch_size=1)[0].strip()
-        return Recollection(query, text, self._likely_sources(text))
-
-    def _likely_sources(self, text: str, limit: int = 3) -> list[str]:
-        words = _content_words(text)
-        if not words:
-            return []
-        overlap: dict[str, int] = {}
-        for document_id, chunk_words in self._chunk_words():
-            shared = len(words & chunk_words)
-            overlap[document_id] = max(overlap.get(document_id, 0), shared)
-        ranked = sorted((n, doc) for doc, n in overlap.items() if n >= 2)
-        return [doc for _, doc in reversed(ranked)][:limit]
-
-    def _chunk_words(self) -> list[tuple[str, set[str]]]:
-        """Each held chunk's content words, read once per committed state (not per recall)."""
-        state = self._manifest.state
-        if self._chunk_words_cache is None or self._chunk_words_state != state:
-            chunks = store.read_chunks(self.root, self._manifest)
-            self._chunk_words_cache = [(c.document_id, _content_words(c.text)) for c in chunks]
-            self._chunk_words_state = state
-        return self._chunk_words_cache
+        text = self._generate_routed([prompt], [query], max_new_tokens)[0]
+        return Recollection(query, text, self._router().documents_for(text, limit=3))
 
     @property
     def model(self) -> LoadedModel:
@@ -380,10 +443,6 @@ class ParametricMemory:
 def _check_query(text: object, label: str) -> None:
     if not isinstance(text, str) or not text.strip():
         raise InvalidDocumentError(f"{label} must be a non-empty string, got {text!r}")
-
-
-def _content_words(text: str) -> set[str]:
-    return {w for w in re.findall(r"\w+", text.lower()) if len(w) > 3}
 
 
 def _model_record(lm: LoadedModel) -> store.BaseModelRecord:

@@ -3,14 +3,16 @@
     memory/
       manifest.json            what the memory holds; names the committed state folder
       state-000007/
-        adapter/               peft adapter: adapter_config.json + adapter_model.safetensors
+        shards/0000/           one peft adapter per shard of documents:
+                               adapter_config.json + adapter_model.safetensors
         chunks.jsonl           every chunk held (the teacher's context for replay)
         transfer_set.jsonl     every selected transfer item (the replay set)
       .lock                    the single writer's file lock
 
 A commit writes a new state folder under a temporary name, renames it, then replaces the
 manifest atomically; only then is the old state removed. A crash at any point leaves the
-previous manifest pointing at a complete state folder.
+previous manifest pointing at a complete state folder. Shards a commit did not change are
+hard-linked from the previous state, so a commit costs one shard's write, not all of them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,10 +42,10 @@ from .errors import (
     MemoryNotFoundError,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST_FILE = "manifest.json"
-ADAPTER_DIR = "adapter"
-ADAPTER_WEIGHTS_FILE = "adapter/adapter_model.safetensors"
+SHARDS_DIR = "shards"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 CHUNKS_FILE = "chunks.jsonl"
 TRANSFER_SET_FILE = "transfer_set.jsonl"
 LOCK_FILE = ".lock"
@@ -59,6 +61,8 @@ class DocumentRecord(BaseModel):
     tokens: int
     transfer_items: int
     added_at: str
+    shard: int = 0
+    """The adapter shard the document was consolidated into."""
     metadata: dict[str, str] = {}
 
 
@@ -109,6 +113,12 @@ def read_manifest(root: Path) -> Manifest:
             f"(schema {version}); this is {__version__} (schema {SCHEMA_VERSION}): upgrade "
             f"parametric-memory to >= {raw.get('library_version', 'a newer version')}"
         )
+    if isinstance(version, int) and version < SCHEMA_VERSION:
+        raise IncompatibleMemoryError(
+            f"{root} uses the single-adapter layout of parametric-memory "
+            f"{raw.get('library_version', '?')} (schema {version}); this is {__version__} "
+            f"(schema {SCHEMA_VERSION}): ingest its documents into a new memory"
+        )
     try:
         return Manifest.model_validate(raw)
     except ValidationError as error:
@@ -117,17 +127,38 @@ def read_manifest(root: Path) -> Manifest:
         raise CorruptMemoryError(f"{path}: invalid field '{where}': {first['msg']}") from None
 
 
-def commit(root: Path, manifest: Manifest, write_state: Callable[[Path], None]) -> Manifest:
-    """Write a new state with `write_state(folder)` and make it current, atomically."""
+def shard_dir(shard: int) -> str:
+    """Folder of a shard's adapter, relative to a state folder."""
+    return f"{SHARDS_DIR}/{shard:04d}"
+
+
+def shard_weights(root: Path, manifest: Manifest, shard: int) -> Path | None:
+    """The committed weights file of `shard`, or None if the shard holds nothing yet."""
+    if manifest.state is None:
+        return None
+    relative = f"{manifest.state}/{shard_dir(shard)}/{ADAPTER_WEIGHTS_NAME}"
+    return root / relative if relative in manifest.files else None
+
+
+def commit(
+    root: Path,
+    manifest: Manifest,
+    write_state: Callable[[Path], None],
+    unchanged_shards: Iterable[int] = (),
+) -> Manifest:
+    """Write a new state with `write_state(folder)` and make it current, atomically. The
+    files of `unchanged_shards` are hard-linked from the current state, not rewritten."""
     staging = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root))
     try:
         write_state(staging)
+        carried = _link_shards(root, manifest, staging, unchanged_shards)
         _fsync_tree(staging)
         name = _next_state_name(manifest.state)
         os.replace(staging, root / name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    files = {f"{name}/{rel}": digest for rel, digest in hash_tree(root / name).items()}
+    written = hash_tree(root / name, skip=set(carried))
+    files = {f"{name}/{rel}": digest for rel, digest in {**written, **carried}.items()}
     updated = manifest.model_copy(update={"state": name, "files": files, "updated_at": now()})
     write_manifest(root, updated)
     if manifest.state and manifest.state != name:
@@ -183,12 +214,36 @@ def write_lock(root: Path) -> Iterator[None]:
         lock.release()
 
 
-def hash_tree(folder: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(folder)): file_sha256(path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
+def _link_shards(
+    root: Path, manifest: Manifest, staging: Path, shards: Iterable[int]
+) -> dict[str, str]:
+    """Hard-link (copy where links are unsupported) the current state's files of `shards`
+    into `staging`; returns their sha256 by path relative to the state folder."""
+    carried = {}
+    prefix = f"{manifest.state}/"
+    for shard in shards:
+        folder = f"{prefix}{shard_dir(shard)}/"
+        for relative, digest in manifest.files.items():
+            if not relative.startswith(folder):
+                continue
+            inside = relative.removeprefix(prefix)
+            target = staging / inside
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(root / relative, target)
+            except OSError:
+                shutil.copy2(root / relative, target)
+            carried[inside] = digest
+    return carried
+
+
+def hash_tree(folder: Path, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
+    hashes = {}
+    for path in sorted(folder.rglob("*")):
+        relative = str(path.relative_to(folder))
+        if path.is_file() and relative not in skip:
+            hashes[relative] = file_sha256(path)
+    return hashes
 
 
 def file_sha256(path: Path) -> str:

@@ -28,11 +28,17 @@ def verify_memory(path: str | Path) -> list[str]:
         elif store.file_sha256(file) != expected:
             problems.append(f"hash mismatch in {relative}")
     if manifest.state is not None and not problems:
-        problems += _check_adapter(root / manifest.state / store.ADAPTER_WEIGHTS_FILE, manifest)
+        for shard in sorted({record.shard for record in manifest.documents.values()}):
+            weights = store.shard_weights(root, manifest, shard)
+            if weights is None:
+                problems.append(f"shard {shard} holds documents but has no adapter weights")
+            else:
+                problems += _check_adapter(weights, manifest)
     return problems
 
 
 def _check_adapter(weights: Path, manifest: store.Manifest) -> list[str]:
+    """Every LoRA tensor has the rank the manifest's config gives."""
     rank = manifest.config.consolidation.lora_rank
     try:
         with safe_open(str(weights), framework="pt") as handle:

@@ -1,0 +1,82 @@
+"""Query routing: which adapter shard holds what a question asks about.
+
+BM25 (the `bm25s` library) over the held chunks picks the shard of the best-matching chunk.
+Routing only chooses *weights*: no retrieved text ever enters the model's prompt.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+import numpy as np
+
+from .chunking import Chunk
+
+_STOPWORDS = "en"
+
+
+def _import_bm25s_without_jax() -> ModuleType:
+    # bm25s probes JAX when imported; on a GPU machine that starts JAX's CUDA backend, which
+    # reserves most of the GPU's memory. Top-k over a memory's chunks needs no JAX.
+    if "jax" in sys.modules:
+        return importlib.import_module("bm25s")
+    blocked = {name: sys.modules.get(name) for name in ("jax", "jax.lax")}
+    sys.modules.update(dict.fromkeys(blocked))
+    try:
+        return importlib.import_module("bm25s")
+    finally:
+        for name in blocked:
+            del sys.modules[name]
+
+
+bm25s = _import_bm25s_without_jax()
+
+
+class ShardRouter:
+    """A BM25 index over chunks, each labelled with the shard and document it belongs to."""
+
+    def __init__(self, chunks: Sequence[Chunk], shard_of_document: dict[str, int]) -> None:
+        self._chunks = [c for c in chunks if c.document_id in shard_of_document]
+        self._shards = [shard_of_document[c.document_id] for c in self._chunks]
+        self._fallback = max(shard_of_document.values(), default=0)
+        self._index: bm25s.BM25 | None = None
+        if self._chunks:
+            self._index = bm25s.BM25()
+            self._index.index(_tokenize([c.text for c in self._chunks]), show_progress=False)
+
+    def shards_for(self, queries: Sequence[str]) -> list[int]:
+        """The shard of each query's best-matching chunk; the newest shard where no chunk
+        shares a word with the query."""
+        if len(set(self._shards)) <= 1:
+            return [self._shards[0] if self._shards else self._fallback] * len(queries)
+        best, scores = self._top(queries, k=1)
+        return [
+            self._shards[int(row[0])] if score[0] > 0 else self._fallback
+            for row, score in zip(best, scores, strict=True)
+        ]
+
+    def documents_for(self, text: str, limit: int) -> list[str]:
+        """Held documents ranked by their best chunk's BM25 match with `text`."""
+        if self._index is None:
+            return []
+        best, scores = self._top([text], k=limit * 8)
+        ranked: list[str] = []
+        for index, score in zip(best[0], scores[0], strict=True):
+            document = self._chunks[int(index)].document_id
+            if score > 0 and document not in ranked:
+                ranked.append(document)
+        return ranked[:limit]
+
+    def _top(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        assert self._index is not None
+        k = min(k, len(self._chunks))
+        return self._index.retrieve(
+            _tokenize(list(queries)), k=k, show_progress=False, backend_selection="numpy"
+        )
+
+
+def _tokenize(texts: list[str]):
+    return bm25s.tokenize(texts, stopwords=_STOPWORDS, show_progress=False)
