@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from parametric_memory import (
     CorruptMemoryError,
@@ -71,6 +72,22 @@ def test_adapter_changes_the_answers_distribution(memory):
     memory.add_documents(DOCS[:1], ids=["a"], progress=False)
     after = {k: v for k, v in lm.model.state_dict().items() if "lora_B" in k}
     assert any(not (before[k] == after[k]).all() for k in before)
+
+
+def test_elicitation_is_written_by_the_base_model_whatever_the_adapter_holds(memory):
+    from parametric_memory.chunking import Chunk
+    from parametric_memory.elicit import elicit_transfer_set
+    from parametric_memory.generation import generate
+
+    lm, chunk = memory.model, Chunk("c", "d", 0, DOCS[1], 20)
+    clean = elicit_transfer_set(lm, [chunk], memory.config.elicitation)
+    plain = generate(lm, [DOCS[0]], 8, 1)
+    with torch.no_grad():
+        for name, weight in lm.model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(std=0.5)
+    assert generate(lm, [DOCS[0]], 8, 1) != plain  # the adapter now changes answers...
+    assert elicit_transfer_set(lm, [chunk], memory.config.elicitation) == clean  # ...not these
 
 
 def test_delete_document_removes_it_and_its_transfer_items(memory):

@@ -4,7 +4,6 @@ loss of the student (adapter active, no chunk) against them."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ import torch.nn.functional as F
 
 from .chunking import Chunk
 from .elicit import TransferItem
-from .generation import chat_prompt, encode_prompt
+from .generation import adapter_disabled, chat_prompt, encode_prompt
 from .models import LoadedModel
 from .prompts import teacher_prompt
 
@@ -199,14 +198,3 @@ def topk_kl_loss(
 def batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
-
-
-@contextlib.contextmanager
-def adapter_disabled(model):
-    """The teacher is the base model: the student's adapter switched off, if it has one."""
-    disable = getattr(model, "disable_adapter", None)
-    if disable is None:
-        yield
-    else:
-        with disable():
-            yield

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .chunking import Chunk
 from .config import ElicitationConfig
-from .generation import generate
+from .generation import adapter_disabled, generate
 from .models import LoadedModel
 from .prompts import PlannedPrompt, parse_written_question, plan_prompts, teacher_prompt
 
@@ -31,15 +31,18 @@ class TransferItem:
 def elicit_transfer_set(
     lm: LoadedModel, chunks: Sequence[Chunk], config: ElicitationConfig
 ) -> list[TransferItem]:
+    """Transfer items for `chunks`, written by the base model (adapter off) with each chunk
+    in context, so what earlier documents taught the adapter cannot leak into them."""
     plans = [(chunk, p) for chunk in chunks for p in _plan(chunk, config)]
-    plans = _write_questions(lm, plans, config)
-    pending = [(c, p) for c, p in plans if p.reference_answer is None]
-    answers = generate(
-        lm,
-        [teacher_prompt(c.text, p.prompt) for c, p in pending],
-        config.max_answer_tokens,
-        config.generation_batch_size,
-    )
+    with adapter_disabled(lm.model):
+        plans = _write_questions(lm, plans, config)
+        pending = [(c, p) for c, p in plans if p.reference_answer is None]
+        answers = generate(
+            lm,
+            [teacher_prompt(c.text, p.prompt) for c, p in pending],
+            config.max_answer_tokens,
+            config.generation_batch_size,
+        )
     generated = {id(p): a.strip() for (_, p), a in zip(pending, answers, strict=True)}
     return [
         TransferItem(chunk.id, plan.kind, plan.prompt, plan.reference_answer or generated[id(plan)])
