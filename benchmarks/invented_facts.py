@@ -21,22 +21,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from metrics import contains_answer, token_f1
+from common import answer_prompts, ask_memory, ingest_document, load_documents, open_book_prompt
+from metrics import contains_answer, mean, score_answer
 
 from parametric_memory import MemoryConfig, ParametricMemory
-from parametric_memory.generation import generate
 from parametric_memory.models import load_model
-from parametric_memory.prompts import teacher_prompt
 
 DATA = Path(__file__).parent / "data" / "invented_facts.jsonl"
-MAX_ANSWER_TOKENS = 48
 
 
 def main() -> None:
     args = _parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    lines = args.data.read_text().splitlines()
-    documents = [json.loads(line) for line in lines][args.skip : args.skip + args.docs]
+    documents = load_documents(args.data)[args.skip : args.skip + args.docs]
     config = MemoryConfig(**json.loads(args.config), device=args.device)
     started = time.time()
     rows: dict[str, dict] = {}
@@ -83,11 +80,11 @@ def _closed_and_open_book(documents: list[dict], config: MemoryConfig, modes: li
     rows = {}
     questions = [(d, q) for d in documents for q in d["questions"]]
     if "base" in modes:
-        answers = generate(lm, [q["question"] for _, q in questions], MAX_ANSWER_TOKENS, 32)
+        answers = answer_prompts(lm, [q["question"] for _, q in questions])
         rows["base"] = _score(questions, answers)
     if "in-prompt" in modes:
-        prompts = [teacher_prompt(d["text"], q["question"]) for d, q in questions]
-        rows["in-prompt"] = _score(questions, generate(lm, prompts, MAX_ANSWER_TOKENS, 32))
+        prompts = [open_book_prompt([d["text"]], q["question"]) for d, q in questions]
+        rows["in-prompt"] = _score(questions, answer_prompts(lm, prompts))
     return rows
 
 
@@ -95,13 +92,9 @@ def _memory_per_document(documents: list[dict], config: MemoryConfig, scratch: P
     questions, answers, seconds = [], [], []
     for index, document in enumerate(documents):
         memory = ParametricMemory.create(scratch / f"doc-{index}", config)
-        started = time.time()
-        memory.add_documents([document["text"]], ids=[document["id"]], progress=False)
-        seconds.append(time.time() - started)
+        seconds.append(ingest_document(memory, document))
         questions += [(document, q) for q in document["questions"]]
-        answers += memory.ask_batch(
-            [q["question"] for q in document["questions"]], max_new_tokens=MAX_ANSWER_TOKENS
-        )
+        answers += ask_memory(memory, [q["question"] for q in document["questions"]])
         logging.warning("memory/doc %d/%d %.1fs", index + 1, len(documents), seconds[-1])
     row = _score(questions, answers)
     row["ingest_seconds_per_document"] = round(sum(seconds) / len(seconds), 2)
@@ -112,42 +105,30 @@ def _memory_streamed(documents: list[dict], config: MemoryConfig, scratch: Path)
     memory = ParametricMemory.create(scratch / "stream", config)
     seconds = []
     for document in documents:
-        started = time.time()
-        memory.add_documents([document["text"]], ids=[document["id"]], progress=False)
-        seconds.append(time.time() - started)
+        seconds.append(ingest_document(memory, document))
         logging.warning("memory/stream %d/%d %.1fs", len(seconds), len(documents), seconds[-1])
     questions = [(d, q) for d in documents for q in d["questions"]]
-    answers = memory.ask_batch(
-        [q["question"] for _, q in questions], max_new_tokens=MAX_ANSWER_TOKENS
-    )
+    answers = ask_memory(memory, [q["question"] for _, q in questions])
     row = _score(questions, answers)
     half = len(documents) // 2 * 5
     hits = [contains_answer(a, q["answer"]) for (_, q), a in zip(questions, answers, strict=True)]
-    row["first_half_contains"] = _mean(hits[:half])
-    row["second_half_contains"] = _mean(hits[half:])
+    row["first_half_contains"] = mean(hits[:half])
+    row["second_half_contains"] = mean(hits[half:])
     row["ingest_seconds_per_document"] = round(sum(seconds) / len(seconds), 2)
     row["adapter_bytes"] = memory.info().adapter_bytes
     return row
 
 
 def _score(questions: list[tuple[dict, dict]], answers: list[str]) -> dict:
-    contains = [
-        contains_answer(a, q["answer"]) for (_, q), a in zip(questions, answers, strict=True)
-    ]
-    f1 = [token_f1(a, q["answer"]) for (_, q), a in zip(questions, answers, strict=True)]
+    scores = [score_answer(a, q["answer"]) for (_, q), a in zip(questions, answers, strict=True)]
     return {
-        "contains": _mean(contains),
-        "f1": _mean(f1),
+        "contains": mean(s["contains"] for s in scores),
+        "f1": mean(s["f1"] for s in scores),
         "examples": [
             {"question": q["question"], "gold": q["answer"], "answer": a}
             for (_, q), a in list(zip(questions, answers, strict=True))[:10]
         ],
     }
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return round(sum(values) / max(1, len(values)), 4)
 
 
 def _write(result: dict, out: Path) -> None:
