@@ -36,6 +36,7 @@ import transformers
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from parametric_memory.consolidate import stack_targets
 from parametric_memory.distillation import Example, answer_logits, topk_kl_loss
 from parametric_memory.elicit import TransferItem
 from parametric_memory.fast_distillation import (
@@ -354,17 +355,6 @@ class ReferenceTrainer:
         self.optimizer.step()
         self.scheduler.step()
         return loss.detach()
-
-
-def stack_targets(batch: list[Example], device: torch.device):
-    longest = max(e.answer_len for e in batch)
-    k = batch[0].topk_ids.shape[-1]
-    ids = torch.zeros((len(batch), longest, k), dtype=torch.long)
-    logprobs = torch.zeros((len(batch), longest, k), dtype=torch.float32)
-    for row, example in enumerate(batch):
-        ids[row, : example.answer_len] = example.topk_ids
-        logprobs[row, : example.answer_len] = example.topk_logprobs
-    return ids.to(device), logprobs.to(device)
 
 
 class OptimisedTrainer(ReferenceTrainer):

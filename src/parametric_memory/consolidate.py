@@ -107,11 +107,12 @@ def _distillation_loss(lm: LoadedModel, batch: list[Example]) -> torch.Tensor:
     logits, mask = answer_logits(
         lm.model, [e.student_ids for e in batch], lens, lm.tokenizer.pad_token_id
     )
-    topk_ids, topk_logprobs = _stack_targets(batch, logits.device)
+    topk_ids, topk_logprobs = stack_targets(batch, logits.device)
     return topk_kl_loss(logits, topk_ids, topk_logprobs, mask)
 
 
-def _stack_targets(batch: list[Example], device: torch.device):
+def stack_targets(batch: list[Example], device: torch.device):
+    """The batch's teacher top-k ids and log-probs, padded to its longest answer."""
     longest = max(e.answer_len for e in batch)
     k = batch[0].topk_ids.shape[-1]
     ids = torch.zeros((len(batch), longest, k), dtype=torch.long)
