@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,23 +17,21 @@ from transformers.utils import logging as transformers_logging
 
 from .config import MemoryConfig
 from .documents import read_files
-from .errors import ParametricMemoryError
+from .errors import MemoryExistsError, ParametricMemoryError
 from .memory import ParametricMemory
-from .store import MANIFEST_FILE
+from .store import LOCK_FILE, LOCK_OWNER_FILE, MANIFEST_FILE
 from .verify import verify_memory
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+_LOCK_FILES = (LOCK_FILE, LOCK_OWNER_FILE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(args.verbose)
     try:
         return args.handler(args)
     except ParametricMemoryError as error:
@@ -41,6 +40,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("parametric-memory: interrupted; the memory keeps its last commit", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _configure_logging(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    # The handler's own level also silences libraries that set DEBUG on their own loggers.
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", handlers=[handler]
+    )
+    if not verbose:
+        # Dependencies' deprecation notices are for developers; users get one line or none.
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,9 +93,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _open_or_create(path: str, model: str) -> ParametricMemory:
-    if (Path(path) / MANIFEST_FILE).exists():
-        return ParametricMemory.open(path)
-    return ParametricMemory.create(path, MemoryConfig(model=model))
+    root = Path(path)
+    if (root / MANIFEST_FILE).exists():
+        return ParametricMemory.open(root)
+    _refuse_a_folder_in_use(root)
+    return ParametricMemory.create(root, MemoryConfig(model=model))
+
+
+def _refuse_a_folder_in_use(root: Path) -> None:
+    # Files without a manifest may be a memory whose manifest was lost: a new memory there
+    # would make the next writer delete that memory's state as stale.
+    if root.is_dir() and any(p.name not in _LOCK_FILES for p in root.iterdir()):
+        raise MemoryExistsError(
+            f"{root} is not empty but has no {MANIFEST_FILE}: restore the manifest of the "
+            "memory it held, or give an empty or new folder for a new memory"
+        )
 
 
 def _ingest(args: argparse.Namespace) -> int:

@@ -38,6 +38,10 @@ def validate_text(text: object, label: str) -> str:
     if not isinstance(text, str):
         raise InvalidDocumentError(f"{label}: expected text (str), got {type(text).__name__}")
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    if not _is_utf8_encodable(text):
+        raise InvalidDocumentError(
+            f"{label}: the text holds unpaired surrogates (not valid Unicode); decode it properly"
+        )
     if not text.strip():
         raise InvalidDocumentError(f"{label}: the document is empty")
     if "\x00" in text:
@@ -61,13 +65,28 @@ def make_documents(texts: Sequence[str], ids: Sequence[str] | None = None) -> li
         doc_id = ids[index] if ids is not None else None
         label = f"document {doc_id!r}" if doc_id is not None else f"document #{index}"
         clean = validate_text(text, label)
-        if doc_id is not None and (not isinstance(doc_id, str) or not doc_id.strip()):
-            raise InvalidDocumentError(f"{label}: ids must be non-empty strings")
+        if doc_id is not None:
+            _check_id(doc_id, label)
         documents.append(Document(doc_id or content_hash(clean)[:12], clean))
     duplicates = {d.id for d in documents if sum(e.id == d.id for e in documents) > 1}
     if duplicates:
         raise InvalidDocumentError(f"duplicate document ids in one call: {sorted(duplicates)}")
     return documents
+
+
+def _check_id(doc_id: object, label: str) -> None:
+    if not isinstance(doc_id, str) or not doc_id.strip():
+        raise InvalidDocumentError(f"{label}: ids must be non-empty strings")
+    if not _is_utf8_encodable(doc_id):
+        raise InvalidDocumentError(f"{label}: the id holds unpaired surrogates (not valid Unicode)")
+
+
+def _is_utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def iter_text_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -98,6 +117,9 @@ def read_document(path: Path, root: Path | None = None) -> Document:
             f"{path}: not UTF-8 text (byte {error.start}); convert it or leave it out"
         ) from None
     doc_id = str(path.relative_to(root)) if root is not None else path.name
+    if not _is_utf8_encodable(str(path)):
+        # Linux file names are bytes; one that is not UTF-8 cannot be an id in the manifest.
+        raise InvalidDocumentError(f"{str(path)!r}: the file name is not UTF-8; rename the file")
     return Document(doc_id, validate_text(text, str(path)), {"source": str(path)})
 
 

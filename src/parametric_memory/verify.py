@@ -1,8 +1,10 @@
 """Integrity check of a memory folder without loading the model: manifest schema, file
-hashes, and adapter tensor shapes against the recorded base model and LoRA rank."""
+hashes, adapter tensor shapes against the recorded base model and LoRA rank, and the chunk
+and transfer-item records against the documents the manifest lists."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
@@ -34,6 +36,34 @@ def verify_memory(path: str | Path) -> list[str]:
                 problems.append(f"shard {shard} holds documents but has no adapter weights")
             else:
                 problems += _check_adapter(weights, manifest)
+    if not problems:
+        problems += _check_records(root, manifest)
+    return problems
+
+
+def _check_records(root: Path, manifest: store.Manifest) -> list[str]:
+    """Every document listed has its chunk records, and no record outlives its document."""
+    if manifest.documents and manifest.state is None:
+        return [f"the manifest lists {len(manifest.documents)} document(s) but no state"]
+    try:
+        chunks = store.read_chunks(root, manifest)
+        items = store.read_transfer_set(root, manifest)
+    except (ParametricMemoryError, TypeError) as error:  # TypeError: a line is not a record
+        return [f"unreadable records: {error}"]
+    per_document = Counter(chunk.document_id for chunk in chunks)
+    problems = [
+        f"document {doc_id!r} has {per_document[doc_id]} chunk records, the manifest says "
+        f"{record.chunks}"
+        for doc_id, record in manifest.documents.items()
+        if per_document[doc_id] != record.chunks
+    ]
+    unlisted = sorted(set(per_document) - set(manifest.documents))
+    if unlisted:
+        problems.append(f"records of documents the manifest does not list: {unlisted}")
+    chunk_ids = {chunk.id for chunk in chunks}
+    orphans = sum(item.chunk_id not in chunk_ids for item in items)
+    if orphans:
+        problems.append(f"{orphans} transfer items of chunks the memory does not hold")
     return problems
 
 
