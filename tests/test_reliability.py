@@ -176,12 +176,6 @@ def test_a_sample_of_the_kill_harness_survives_every_kill(tmp_path):
     assert report.stray_after_next_writer == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.remove_stale_states deletes stale state/staging folders but not the temp "
-    "file of an interrupted write_text_atomic (.manifest.json.XXXX); fix: also unlink files "
-    "named f'.{MANIFEST_FILE}.*' there",
-)
 def test_the_next_writer_removes_a_half_written_manifest(sound_memory, tmp_path):
     root = copy_memory(sound_memory, tmp_path)
     # What SIGKILL between write_text_atomic's mkstemp and os.replace leaves behind.
@@ -654,7 +648,6 @@ def test_a_manifest_with_a_bad_config_value_is_a_corrupt_memory(sound_memory, da
         assert snapshot(root) == before
 
 
-@pytest.mark.xfail(strict=True, reason="config.py accepts it; see the parameter's comment")
 @pytest.mark.parametrize(
     "fields",
     [
@@ -669,12 +662,6 @@ def test_config_refuses_values_that_break_later(fields):
         MemoryConfig.model_validate(fields)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="consolidate.attach_adapter lets peft's ValueError (target modules not found) "
-    "escape and models.resolve_device accepts 'cuda' without CUDA (AssertionError later); "
-    "fix: wrap both as ModelLoadError",
-)
 @pytest.mark.parametrize(
     "fields", [{"consolidation": {"target_modules": ["no_such_layer"]}}, {"device": "cuda:4096"}]
 )
@@ -882,13 +869,6 @@ def test_a_memory_without_its_manifest_is_not_overwritten_by_the_cli(sound_memor
     assert snapshot(root) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ParametricMemory.create writes a fresh manifest into a folder that still holds "
-    "the state of a memory whose manifest was lost; the next writer's remove_stale_states "
-    "then deletes that state. fix: create refuses a folder holding state-*/.incoming-* "
-    "entries (CorruptMemoryError: restore manifest.json or pick an empty folder)",
-)
 def test_create_refuses_a_folder_holding_an_orphaned_memory_state(sound_memory, tmp_path):
     root = copy_memory(sound_memory, tmp_path)
     (root / store.MANIFEST_FILE).unlink()
@@ -896,12 +876,6 @@ def test_create_refuses_a_folder_holding_an_orphaned_memory_state(sound_memory, 
         ParametricMemory.create(root, store.read_manifest(sound_memory).config)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store._read_jsonl turns any JSON line into Chunk(**row)/TransferItem(**row); a "
-    "line that is valid JSON but not a record raises TypeError (a traceback from the CLI). "
-    "fix: catch TypeError there and raise CorruptMemoryError",
-)
 @pytest.mark.parametrize("line", ["[1, 2]", "7", "null", '{"unexpected": true}'])
 def test_records_of_the_wrong_shape_are_a_corrupt_memory(sound_memory, tmp_path, line):
     root = copy_memory(sound_memory, tmp_path)
@@ -910,13 +884,6 @@ def test_records_of_the_wrong_shape_are_a_corrupt_memory(sound_memory, tmp_path,
     assert_one_line_error(run_cli("recall", "lanterns", "--memory", str(root)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="writers (ParametricMemory._ingest / delete_document) read chunks.jsonl and "
-    "transfer_set.jsonl without checking the manifest's sha256, then commit them with fresh "
-    "hashes: damage verify would report is laundered into a clean-looking state. fix: "
-    "store.read_chunks / read_transfer_set check manifest.files before parsing",
-)
 def test_a_writer_refuses_records_that_fail_their_hash(sound_memory, tmp_path):
     root = copy_memory(sound_memory, tmp_path)
     records = sorted(root.rglob("*.jsonl"))[0]
@@ -995,13 +962,6 @@ def test_pickles_planted_in_a_memory_are_never_read(sound_memory, tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ParametricMemory.open loads the model with the manifest's trust_remote_code, so a "
-    "memory folder whose manifest sets it (and names a model with custom code) runs that "
-    "code. fix: open(path, *, trust_remote_code=False) overrides the manifest's value and "
-    "refuses (IncompatibleMemoryError) a manifest that asks for it unless the caller allows",
-)
 def test_a_manifest_cannot_make_the_library_run_code(sound_memory, tiny_model_dir, tmp_path):
     root = copy_memory(sound_memory, tmp_path)
     marker = tmp_path / "code-ran"

@@ -6,7 +6,7 @@ library never mutates what a caller passed in; use `config.model_copy(update=...
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -67,10 +67,10 @@ class SelectionConfig(_Config):
 class ConsolidationConfig(_Config):
     lora_rank: int = Field(16, ge=1, le=1024)
     """Rank r of the LoRA update matrices."""
-    lora_alpha: float = Field(32.0, gt=0.0)
+    lora_alpha: float = Field(32.0, gt=0.0, allow_inf_nan=False)
     """LoRA scaling numerator (update is scaled by alpha / r)."""
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: tuple[str, ...] = (
+    target_modules: Annotated[tuple[str, ...], Field(min_length=1)] = (
         "q_proj",
         "k_proj",
         "v_proj",
@@ -118,7 +118,7 @@ class MemoryConfig(_Config):
     """"auto" (CUDA when available, else CPU), or a torch device string such as "cuda:1"."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """"auto" is bfloat16 on CUDA and float32 on CPU."""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     """Seed for replay sampling, shuffling and adapter initialisation."""
     trust_remote_code: bool = False
     """Let transformers run code from the model's repository. Off unless you trust it."""

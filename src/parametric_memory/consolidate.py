@@ -17,6 +17,7 @@ from peft.tuners.lora import LoraLayer
 
 from .config import ConsolidationConfig
 from .distillation import Example, answer_logits, batches, topk_kl_loss
+from .errors import ModelLoadError
 from .models import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,10 @@ def attach_adapter(lm: LoadedModel, config: ConsolidationConfig, seed: int) -> N
         target_modules=list(config.target_modules),
         task_type="CAUSAL_LM",
     )
-    lm.model = get_peft_model(lm.model, lora)
+    try:
+        lm.model = get_peft_model(lm.model, lora)
+    except ValueError as error:  # e.g. target modules the model does not have
+        raise ModelLoadError(f"cannot attach the LoRA adapter to {lm.name}: {error}") from None
     lm.model.eval()
 
 

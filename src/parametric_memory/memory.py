@@ -94,6 +94,7 @@ class ParametricMemory:
             if exist_ok:
                 return cls.open(root)
             raise MemoryExistsError(f"{root} already holds a memory; open it instead")
+        store.refuse_orphaned_states(root)
         config = config or MemoryConfig()
         lm = load_model(config)
         attach_adapter(lm, config.consolidation, config.seed)
@@ -109,11 +110,20 @@ class ParametricMemory:
         return cls(root, manifest, lm)
 
     @classmethod
-    def open(cls, path: str | Path, *, device: str | None = None) -> ParametricMemory:
-        """Open an existing memory; `device` overrides where the model runs this time."""
+    def open(
+        cls, path: str | Path, *, device: str | None = None, trust_remote_code: bool = False
+    ) -> ParametricMemory:
+        """Open an existing memory; `device` overrides where the model runs this time. A
+        memory whose manifest asks to run the model's own code opens only if the caller
+        allows it with `trust_remote_code=True`: a folder must never be able to run code."""
         root = Path(path)
         manifest = store.read_manifest(root)
         config = manifest.config
+        if config.trust_remote_code and not trust_remote_code:
+            raise IncompatibleMemoryError(
+                f"{root} asks to run its model's own code (trust_remote_code); open it with "
+                "trust_remote_code=True only if you trust that model"
+            )
         if device is not None:
             config = config.model_copy(update={"device": device})
         lm = load_model(config)

@@ -185,12 +185,27 @@ def write_text_atomic(path: Path, text: str) -> None:
             os.unlink(temp)
 
 
+def refuse_orphaned_states(root: Path) -> None:
+    """A folder holding state folders but no manifest is a memory that lost its manifest:
+    creating a new memory there would let the next writer delete that state."""
+    if not root.is_dir():
+        return
+    orphans = [p.name for p in root.iterdir() if p.name.startswith((_STATE_PREFIX, _TEMP_PREFIX))]
+    if orphans:
+        raise CorruptMemoryError(
+            f"{root} holds {', '.join(sorted(orphans))} but no {MANIFEST_FILE}: restore the "
+            "manifest, or create the memory in an empty folder"
+        )
+
+
 def remove_stale_states(root: Path, manifest: Manifest) -> None:
     """Delete state and staging folders a crashed writer left behind (writer only)."""
     for path in root.iterdir():
         stale_state = path.name.startswith(_STATE_PREFIX) and path.name != manifest.state
         if path.is_dir() and (stale_state or path.name.startswith(_TEMP_PREFIX)):
             shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and path.name.startswith(f".{MANIFEST_FILE}."):
+            path.unlink(missing_ok=True)  # an interrupted write_text_atomic
 
 
 @contextlib.contextmanager
@@ -261,21 +276,26 @@ def write_jsonl(path: Path, records: list) -> None:
 
 
 def read_chunks(root: Path, manifest: Manifest) -> list[Chunk]:
-    return [Chunk(**row) for row in _read_jsonl(root, manifest, CHUNKS_FILE)]
+    return _read_records(root, manifest, CHUNKS_FILE, Chunk)
 
 
 def read_transfer_set(root: Path, manifest: Manifest) -> list[TransferItem]:
-    return [TransferItem(**row) for row in _read_jsonl(root, manifest, TRANSFER_SET_FILE)]
+    return _read_records(root, manifest, TRANSFER_SET_FILE, TransferItem)
 
 
-def _read_jsonl(root: Path, manifest: Manifest, name: str) -> list[dict]:
+def _read_records(root: Path, manifest: Manifest, name: str, record_type: type) -> list:
+    """The records of one JSON-lines file of the committed state, checked against the
+    manifest's sha256 first so damaged records are never re-committed as sound."""
     if manifest.state is None:
         return []
-    path = root / manifest.state / name
+    relative = f"{manifest.state}/{name}"
+    path = root / relative
     try:
+        if file_sha256(path) != manifest.files.get(relative):
+            raise CorruptMemoryError(f"{path} does not match its manifest hash; run `verify`")
         lines = path.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return [record_type(**json.loads(line)) for line in lines if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:
         raise CorruptMemoryError(f"cannot read {path}: {error}; run `verify`") from None
 
 
