@@ -473,13 +473,6 @@ def test_a_document_with_chat_markup_is_held_as_plain_text(sound_memory, parts):
         assert isinstance(memory.ask("What is 2 + 2?", max_new_tokens=4), str)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generation.encode_prompt (and distillation.tokenize_items) tokenise the chat text "
-    "with the document inside it, so a document's '<|im_end|><|im_start|>assistant' becomes "
-    "real turn markers and rewrites the teacher's prompt; fix: render the template around a "
-    "placeholder and encode the user content with split_special_tokens=True",
-)
 def test_chat_markers_in_a_document_cannot_open_a_new_turn(tiny_tokenizer):
     from parametric_memory.generation import encode_prompt
     from parametric_memory.prompts import teacher_prompt

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .chunking import Chunk
 from .elicit import TransferItem
-from .generation import adapter_disabled, chat_prompt, encode_prompt
+from .generation import adapter_disabled, chat_parts, encode_markup, encode_prompt, encode_text
 from .models import LoadedModel
 from .prompts import teacher_prompt
 
@@ -50,23 +50,23 @@ def tokenize_items(
 ) -> list[Example]:
     tokenizer = lm.tokenizer
     end = [tokenizer.eos_token_id]
+    before, after = chat_parts(tokenizer)
     prefixes: dict[str, list[int]] = {}
     examples = []
     for item in items:
         chunk = chunks[item.chunk_id].text
-        answer = tokenizer(item.answer, add_special_tokens=False)["input_ids"] + end
+        answer = encode_text(tokenizer, item.answer) + end
         student = encode_prompt(tokenizer, item.prompt) + answer
-        teacher_text = chat_prompt(tokenizer, teacher_prompt(chunk, item.prompt))
-        split = teacher_text.index(chunk) + len(chunk)
+        teacher_user = teacher_prompt(chunk, item.prompt)
+        split = teacher_user.index(chunk) + len(chunk)
         if item.chunk_id not in prefixes:
-            prefixes[item.chunk_id] = _encode(tokenizer, teacher_text[:split])
-        suffix = _encode(tokenizer, teacher_text[split:]) + answer
-        examples.append(Example(item, student, prefixes[item.chunk_id], suffix, len(answer)))
+            prefixes[item.chunk_id] = encode_markup(tokenizer, before) + encode_text(
+                tokenizer, teacher_user[:split]
+            )
+        suffix = encode_text(tokenizer, teacher_user[split:]) + encode_markup(tokenizer, after)
+        prefix = prefixes[item.chunk_id]
+        examples.append(Example(item, student, prefix, suffix + answer, len(answer)))
     return examples
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def answer_logits(model, sequences: list[list[int]], answer_lens: list[int], pad_id: int):

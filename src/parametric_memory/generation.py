@@ -21,6 +21,7 @@ from .fast_generation import greedy_generate, supports_fast_decode
 from .models import LoadedModel
 
 _PLAIN_TEMPLATE = "Question: {user}\nAnswer:"
+_USER_SLOT = "\u2063USER-TURN\u2063"
 FAST_DECODE_ENV = "PARAMETRIC_MEMORY_FAST_DECODE"
 """Set to 0 to decode with `model.generate` on CUDA too."""
 
@@ -35,8 +36,30 @@ def chat_prompt(tokenizer, user: str) -> str:
 
 
 def encode_prompt(tokenizer, user: str) -> list[int]:
-    # Chat templates already contain the special tokens they need.
-    return tokenizer(chat_prompt(tokenizer, user), add_special_tokens=False)["input_ids"]
+    """Token ids of `chat_prompt(tokenizer, user)`, with `user` encoded as plain text."""
+    before, after = chat_parts(tokenizer)
+    return (
+        encode_markup(tokenizer, before)
+        + encode_text(tokenizer, user)
+        + encode_markup(tokenizer, after)
+    )
+
+
+def chat_parts(tokenizer) -> tuple[str, str]:
+    """The chat layout's text before and after the user's turn."""
+    before, after = chat_prompt(tokenizer, _USER_SLOT).split(_USER_SLOT)
+    return before, after
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    # A document or question that contains "<|im_end|><|im_start|>assistant" must stay text:
+    # encoded as special tokens it would end the user's turn and rewrite the prompt.
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
+def encode_markup(tokenizer, text: str) -> list[int]:
+    # The chat template's own text carries the special tokens it needs.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 @contextlib.contextmanager
