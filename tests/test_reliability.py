@@ -8,10 +8,6 @@
 - no code from a memory folder: no pickle or `torch.load` in the package, and pickles planted
   in a memory are never read;
 - forgetting removes a document and everything derived from it.
-
-Tests marked xfail(strict=True) show bugs in modules this change does not touch; each
-reason names the function and the fix. Fixing one turns its test into an XPASS failure:
-then drop the mark.
 """
 
 from __future__ import annotations
@@ -804,14 +800,6 @@ def test_verify_catches_a_manifest_that_no_longer_matches_its_state(sound_memory
     assert run_cli("verify", "--memory", str(root)).code == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ParametricMemory._ingest trusts the manifest: with state null it writes a state "
-    "holding only the new document and remove_stale_states deletes the real one; with "
-    "documents dropped or renamed it re-commits records of unlisted documents. fix: writers "
-    "(and open) refuse a manifest whose records disagree (verify._check_records) with "
-    "CorruptMemoryError",
-)
 @pytest.mark.parametrize("edit", ["state-null", "no-documents-key", "no-files-key"])
 def test_a_writer_refuses_a_manifest_that_no_longer_matches_its_state(sound_memory, tmp_path, edit):
     root = copy_memory(sound_memory, tmp_path)

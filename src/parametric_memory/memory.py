@@ -35,6 +35,7 @@ from .generation import generate, stream
 from .models import LoadedModel, load_model
 from .routing import ShardRouter
 from .transformation import retrain, transform
+from .verify import record_problems
 
 logger = logging.getLogger(__name__)
 
@@ -389,11 +390,15 @@ class ParametricMemory:
             retrain(self._lm, kept, chunks, self.config, random.Random(self.config.seed))
 
     def _refresh(self) -> None:
-        """Pick up commits another writer made since this memory was opened."""
+        """Pick up commits another writer made since this memory was opened, and refuse to
+        write over a manifest that no longer matches its state's records."""
         latest = store.read_manifest(self.root)
         if latest.state != self._manifest.state:
             self._manifest = latest
             self._active_shard = None
+        problems = record_problems(self.root, self._manifest)
+        if problems:
+            raise CorruptMemoryError(f"{self.root}: {problems[0]}; run `verify`")
         store.remove_stale_states(self.root, self._manifest)
 
     # --- reading ------------------------------------------------------------------------

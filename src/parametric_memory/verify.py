@@ -37,11 +37,11 @@ def verify_memory(path: str | Path) -> list[str]:
             else:
                 problems += _check_adapter(weights, manifest)
     if not problems:
-        problems += _check_records(root, manifest)
+        problems += record_problems(root, manifest)
     return problems
 
 
-def _check_records(root: Path, manifest: store.Manifest) -> list[str]:
+def record_problems(root: Path, manifest: store.Manifest) -> list[str]:
     """Every document listed has its chunk records, and no record outlives its document."""
     if manifest.documents and manifest.state is None:
         return [f"the manifest lists {len(manifest.documents)} document(s) but no state"]
