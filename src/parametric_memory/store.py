@@ -106,7 +106,7 @@ def read_manifest(root: Path) -> Manifest:
         raise CorruptMemoryError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(raw, dict):
         raise CorruptMemoryError(f"{path} holds {type(raw).__name__}, not a JSON object")
-    version = raw.get("schema_version")
+    version = _as_int(raw.get("schema_version"))
     if isinstance(version, int) and version > SCHEMA_VERSION:
         raise IncompatibleMemoryError(
             f"{root} was written by parametric-memory {raw.get('library_version', '?')} "
@@ -125,6 +125,18 @@ def read_manifest(root: Path) -> Manifest:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise CorruptMemoryError(f"{path}: invalid field '{where}': {first['msg']}") from None
+
+
+def _as_int(value: object) -> object:
+    """An integer however JSON spelled it (3, 3.0, "3"), else the value unchanged: pydantic
+    would coerce those spellings, so the version check must see them as numbers too."""
+    if isinstance(value, bool):
+        return value
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() else value
 
 
 def shard_dir(shard: int) -> str:
