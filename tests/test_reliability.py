@@ -813,6 +813,15 @@ def test_a_writer_refuses_a_manifest_that_no_longer_matches_its_state(sound_memo
     assert snapshot(root) == before
 
 
+@pytest.mark.parametrize("edit", ["state-null", "no-files-key"])
+def test_a_reader_refuses_a_manifest_that_no_longer_matches_its_state(sound_memory, tmp_path, edit):
+    root = copy_memory(sound_memory, tmp_path)
+    raw = json.loads((root / store.MANIFEST_FILE).read_text())
+    MANIFEST_MISMATCHES[edit](raw)
+    (root / store.MANIFEST_FILE).write_text(json.dumps(raw))
+    assert_one_line_error(run_cli("info", "--memory", str(root)))
+
+
 @pytest.mark.parametrize("spelling", [float, str])
 def test_a_future_schema_version_is_refused_however_it_is_spelled(sound_memory, tmp_path, spelling):
     root = copy_memory(sound_memory, tmp_path)

@@ -125,6 +125,9 @@ class ParametricMemory:
                 f"{root} asks to run its model's own code (trust_remote_code); open it with "
                 "trust_remote_code=True only if you trust that model"
             )
+        problems = record_problems(root, manifest)
+        if problems:
+            raise CorruptMemoryError(f"{root}: {problems[0]}; run `verify`")
         if device is not None:
             config = config.model_copy(update={"device": device})
         lm = load_model(config)
