@@ -5,16 +5,18 @@ passages for one query."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from .memory import ParametricMemory
+from .memory import IngestReport, ParametricMemory
 
 _OPENED: dict[Path, ParametricMemory] = {}
 _OPEN_LOCK = threading.Lock()
@@ -57,6 +59,76 @@ def model_lock(memory: ParametricMemory) -> threading.RLock:
         if lock is None:
             lock = _MODEL_LOCKS[memory] = threading.RLock()
         return lock
+
+
+class ConversationQueue:
+    """What an agent-memory integration keeps between calls: conversations queued for
+    consolidation (nothing is lost if consolidating fails: they go back to the queue) and
+    recollections cached per query until the next consolidation changes the weights."""
+
+    RECALL_CACHE_SIZE = 64
+
+    def __init__(self, memory: ParametricMemory) -> None:
+        self.memory = memory
+        self._pending: list[tuple[str, str, dict[str, str]]] = []
+        self._recalled: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def recollect(self, query: str, max_new_tokens: int) -> str:
+        """What the memory recalls about `query`; empty while the memory holds no
+        documents (a bare model's recollection is noise)."""
+        if not self.memory.documents:
+            return ""
+        with self._lock:
+            if query in self._recalled:
+                return self._recalled[query]
+        with model_lock(self.memory):
+            text = self.memory.recall(query, max_new_tokens=max_new_tokens).text
+        with self._lock:
+            if len(self._recalled) >= self.RECALL_CACHE_SIZE:
+                self._recalled.pop(next(iter(self._recalled)))  # the oldest
+            self._recalled[query] = text
+        return text
+
+    def queue(self, text: str, prefix: str, metadata: dict[str, str]) -> str:
+        """Queue `text` as one conversation document; returns its id."""
+        stamp = datetime.now(timezone.utc)
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+        doc_id = f"{prefix}-{stamp:%Y%m%dT%H%M%S}-{digest}"
+        stamped = {**metadata, "kind": "conversation"}
+        stamped["queued_at"] = stamp.isoformat(timespec="seconds")
+        with self._lock:
+            self._pending.append((doc_id, text, stamped))
+        return doc_id
+
+    @property
+    def pending(self) -> list[str]:
+        """Texts of the conversations queued and not yet consolidated."""
+        with self._lock:
+            return [text for _, text, _ in self._pending]
+
+    def flush(self, progress: bool) -> IngestReport | None:
+        """Consolidate the queued conversations (one commit each). Returns the memory's
+        report, or None when nothing was queued."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return None
+        try:
+            with model_lock(self.memory):
+                report = self.memory.add_documents(
+                    [text for _, text, _ in batch],
+                    ids=[doc_id for doc_id, _, _ in batch],
+                    metadatas=[metadata for _, _, metadata in batch],
+                    progress=progress,
+                )
+        except BaseException:
+            with self._lock:
+                self._pending = batch + self._pending
+            raise
+        with self._lock:
+            self._recalled.clear()
+        return report
 
 
 def stream_answer(

@@ -9,16 +9,15 @@ import asyncio
 import hashlib
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime, timezone
 from typing import Any, Literal
 
 from langchain_core.messages import AnyMessage, BaseMessage, SystemMessage
 
 from parametric_memory import IngestReport, ParametricMemory
+from parametric_memory.integration import ConversationQueue
 
-from ._memory import clean_text, model_lock, resolve_memory, transcript
+from ._memory import clean_text, resolve_memory, transcript
 from .tools import create_parametric_memory_tool
 
 try:
@@ -91,27 +90,15 @@ class ParametricMemoryMiddleware(AgentMiddleware):
         self.document_prefix = document_prefix
         self.progress = progress
         self.tools = [create_parametric_memory_tool(self.memory)] if with_tool else []
-        self._recalled: OrderedDict[str, str] = OrderedDict()
+        self._queue = ConversationQueue(self.memory)
         self._seen: set[str] = set()
-        self._pending: list[tuple[str, str, dict[str, str]]] = []
-        self._lock = threading.Lock()
+        self._seen_lock = threading.Lock()
 
     # --- recall -------------------------------------------------------------------------
     def recollect(self, query: str) -> str:
         """What the memory recalls about `query` (cached per query until the next flush);
         empty while the memory holds no documents (a bare model's recollection is noise)."""
-        if not self.memory.documents:
-            return ""
-        with self._lock:
-            if query in self._recalled:
-                return self._recalled[query]
-        with model_lock(self.memory):
-            text = self.memory.recall(query, max_new_tokens=self.max_new_tokens).text
-        with self._lock:
-            self._recalled[query] = text
-            while len(self._recalled) > 64:
-                self._recalled.popitem(last=False)
-        return text
+        return self._queue.recollect(query, self.max_new_tokens)
 
     def _with_recollection(self, request: ModelRequest, text: str) -> ModelRequest:
         if not text.strip():
@@ -157,7 +144,7 @@ class ParametricMemoryMiddleware(AgentMiddleware):
     def queue_messages(self, messages: Sequence[BaseMessage]) -> str | None:
         """Queue the human/AI turns of `messages` not queued before as one conversation
         document; returns its id (None when there was nothing new)."""
-        with self._lock:
+        with self._seen_lock:
             fresh = []
             for message in messages:
                 key = message.id or f"{message.type}:{_digest(message.text)}"
@@ -167,44 +154,17 @@ class ParametricMemoryMiddleware(AgentMiddleware):
             text = transcript(fresh, self.remember_roles)
             if not any(m.type == "human" for m in fresh) or not clean_text(text):
                 return None
-            stamp = datetime.now(timezone.utc)
-            doc_id = f"{self.document_prefix}-{stamp:%Y%m%dT%H%M%S}-{_digest(text)[:8]}"
-            metadata = {
-                "source": "langchain-agent",
-                "kind": "conversation",
-                "queued_at": stamp.isoformat(timespec="seconds"),
-            }
-            self._pending.append((doc_id, text, metadata))
-            return doc_id
+            return self._queue.queue(text, self.document_prefix, {"source": "langchain-agent"})
 
     @property
     def pending(self) -> list[str]:
         """Texts of the conversations queued and not yet consolidated."""
-        with self._lock:
-            return [text for _, text, _ in self._pending]
+        return self._queue.pending
 
     def flush(self) -> IngestReport | None:
         """Consolidate the queued conversations into the memory (one commit per
         conversation). Returns the memory's report, or None when nothing was queued."""
-        with self._lock:
-            batch, self._pending = self._pending, []
-        if not batch:
-            return None
-        try:
-            with model_lock(self.memory):
-                report = self.memory.add_documents(
-                    [text for _, text, _ in batch],
-                    ids=[doc_id for doc_id, _, _ in batch],
-                    metadatas=[metadata for _, _, metadata in batch],
-                    progress=self.progress,
-                )
-        except BaseException:
-            with self._lock:  # nothing is lost: the batch goes back to the queue
-                self._pending = batch + self._pending
-            raise
-        with self._lock:
-            self._recalled.clear()
-        return report
+        return self._queue.flush(self.progress)
 
     async def aflush(self) -> IngestReport | None:
         return await asyncio.to_thread(self.flush)

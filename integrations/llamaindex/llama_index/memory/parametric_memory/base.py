@@ -4,9 +4,6 @@ recalls from a parametric memory's weights and consolidates flushed conversation
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import threading
-from datetime import datetime, timezone
 from typing import Any, Literal
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
@@ -14,8 +11,9 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 from llama_index.core.memory.memory import BaseMemoryBlock
 
 from parametric_memory import IngestReport, ParametricMemory
+from parametric_memory.integration import ConversationQueue
 
-from ._shared import last_user_text, model_lock, resolve_memory, transcript
+from ._shared import last_user_text, resolve_memory, transcript
 
 
 class ParametricMemoryBlock(BaseMemoryBlock[str]):
@@ -53,31 +51,22 @@ class ParametricMemoryBlock(BaseMemoryBlock[str]):
     document_prefix: str = Field(default="conversation", description="Prefix of document ids.")
     progress: bool = Field(default=False, description="Show the consolidation progress bar.")
 
-    _pending: list[tuple[str, str, dict[str, str]]] = PrivateAttr(default_factory=list)
-    _recalled: dict[str, str] = PrivateAttr(default_factory=dict)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _queue: ConversationQueue = PrivateAttr()
 
     @field_validator("memory", mode="before")
     @classmethod
     def _open_memory(cls, value: Any) -> ParametricMemory:
         return resolve_memory(value)
 
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
+        self._queue = ConversationQueue(self.memory)
+
     # --- reading ------------------------------------------------------------------------
     def recollect(self, query: str) -> str:
         """What the memory recalls about `query` (cached per query until the next flush);
         empty while the memory holds no documents (a bare model's recollection is noise)."""
-        if not self.memory.documents:
-            return ""
-        with self._lock:
-            if query in self._recalled:
-                return self._recalled[query]
-        with model_lock(self.memory):
-            text = self.memory.recall(query, max_new_tokens=self.max_new_tokens).text
-        with self._lock:
-            if len(self._recalled) >= 64:
-                self._recalled.pop(next(iter(self._recalled)))
-            self._recalled[query] = text
-        return text
+        return self._queue.recollect(query, self.max_new_tokens)
 
     async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
         query = last_user_text(messages)
@@ -97,50 +86,25 @@ class ParametricMemoryBlock(BaseMemoryBlock[str]):
         text = transcript(messages, self.remember_roles)
         if not text:
             return None
-        stamp = datetime.now(timezone.utc)
-        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
-        doc_id = f"{self.document_prefix}-{stamp:%Y%m%dT%H%M%S}-{digest}"
-        metadata = {
-            "source": "llamaindex-memory",
-            "kind": "conversation",
-            "queued_at": stamp.isoformat(timespec="seconds"),
+        metadata = {"source": "llamaindex-memory"}
+        sessions = {
+            str(m.additional_kwargs["session_id"])
+            for m in messages
+            if m.additional_kwargs.get("session_id") is not None
         }
-        sessions = {str(m.additional_kwargs["session_id"]) for m in messages
-                    if m.additional_kwargs.get("session_id") is not None}
         if sessions:
             metadata["session_id"] = ",".join(sorted(sessions))
-        with self._lock:
-            self._pending.append((doc_id, text, metadata))
-        return doc_id
+        return self._queue.queue(text, self.document_prefix, metadata)
 
     @property
     def pending(self) -> list[str]:
         """Texts of the conversations queued and not yet consolidated."""
-        with self._lock:
-            return [text for _, text, _ in self._pending]
+        return self._queue.pending
 
     def flush(self) -> IngestReport | None:
         """Consolidate the queued conversations into the memory (one commit each). Returns
         the memory's report, or None when nothing was queued."""
-        with self._lock:
-            batch, self._pending = self._pending, []
-        if not batch:
-            return None
-        try:
-            with model_lock(self.memory):
-                report = self.memory.add_documents(
-                    [text for _, text, _ in batch],
-                    ids=[doc_id for doc_id, _, _ in batch],
-                    metadatas=[metadata for _, _, metadata in batch],
-                    progress=self.progress,
-                )
-        except BaseException:
-            with self._lock:  # nothing is lost: the batch goes back to the queue
-                self._pending = batch + self._pending
-            raise
-        with self._lock:
-            self._recalled.clear()
-        return report
+        return self._queue.flush(self.progress)
 
     async def aflush(self) -> IngestReport | None:
         return await asyncio.to_thread(self.flush)
