@@ -11,10 +11,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from langchain_core.callbacks import (
-    AsyncCallbackManagerForRetrieverRun,
-    CallbackManagerForRetrieverRun,
-)
 from langchain_core.documents import Document
 from langchain_core.indexing.base import DeleteResponse, DocumentIndex, UpsertResponse
 from pydantic import Field, field_validator
@@ -24,7 +20,7 @@ from parametric_memory import store as memory_store
 from parametric_memory.documents import content_hash, validate_text
 
 from ._memory import model_lock, resolve_memory
-from .retrievers import recall_documents
+from .retrievers import RecallRetrieval
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +31,7 @@ TEXT_KEY = "langchain_page_content"
 """Key of the exact page content, kept only when `store_text=True`."""
 
 
-class ParametricMemoryIndex(DocumentIndex):
+class ParametricMemoryIndex(RecallRetrieval, DocumentIndex):
     """Upsert, delete and get LangChain documents in a parametric memory; retrieve by recall.
 
     - `upsert` consolidates new documents (one memory commit per document). A document whose
@@ -85,7 +81,8 @@ class ParametricMemoryIndex(DocumentIndex):
         for doc_id in failed:
             logger.warning(
                 "document %r has the same text as another document of this upsert; "
-                "the memory holds each text once, under the last id", doc_id
+                "the memory holds each text once, under the last id",
+                doc_id,
             )
             del planned[doc_id]
         with model_lock(self.memory):
@@ -157,28 +154,6 @@ class ParametricMemoryIndex(DocumentIndex):
 
     async def aget(self, ids: Sequence[str], /, **kwargs: Any) -> list[Document]:
         return await asyncio.to_thread(self.get, ids, **kwargs)
-
-    def _get_relevant_documents(
-        self,
-        query: str,
-        *,
-        run_manager: CallbackManagerForRetrieverRun,
-        k: int | None = None,
-        **kwargs: Any,
-    ) -> list[Document]:
-        return recall_documents(self.memory, query, k or self.k, self.max_new_tokens)
-
-    async def _aget_relevant_documents(
-        self,
-        query: str,
-        *,
-        run_manager: AsyncCallbackManagerForRetrieverRun,
-        k: int | None = None,
-        **kwargs: Any,
-    ) -> list[Document]:
-        return await asyncio.to_thread(
-            recall_documents, self.memory, query, k or self.k, self.max_new_tokens
-        )
 
     # --- helpers ------------------------------------------------------------------------
     def _encode(self, metadata: dict[str, Any], text: str) -> dict[str, str]:

@@ -19,7 +19,34 @@ from parametric_memory import ParametricMemory
 from ._memory import passage_metadata, recall_passages, resolve_memory
 
 
-class ParametricMemoryRetriever(BaseRetriever):
+class RecallRetrieval:
+    """`BaseRetriever`'s retrieval by recall, for classes with `memory`, `k` and
+    `max_new_tokens` fields (this retriever and `ParametricMemoryIndex`)."""
+
+    def _get_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: CallbackManagerForRetrieverRun,
+        k: int | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        return recall_documents(self.memory, query, k or self.k, self.max_new_tokens)
+
+    async def _aget_relevant_documents(
+        self,
+        query: str,
+        *,
+        run_manager: AsyncCallbackManagerForRetrieverRun,
+        k: int | None = None,
+        **kwargs: Any,
+    ) -> list[Document]:
+        return await asyncio.to_thread(
+            recall_documents, self.memory, query, k or self.k, self.max_new_tokens
+        )
+
+
+class ParametricMemoryRetriever(RecallRetrieval, BaseRetriever):
     """Retrieve by recall: each `Document` is text the memory produces about the query.
 
     The first document is `memory.recall(query)`; when `k > 1`, the others answer
@@ -46,28 +73,6 @@ class ParametricMemoryRetriever(BaseRetriever):
     @classmethod
     def _open_memory(cls, value: Any) -> ParametricMemory:
         return resolve_memory(value)
-
-    def _get_relevant_documents(
-        self,
-        query: str,
-        *,
-        run_manager: CallbackManagerForRetrieverRun,
-        k: int | None = None,
-        **kwargs: Any,
-    ) -> list[Document]:
-        return recall_documents(self.memory, query, k or self.k, self.max_new_tokens)
-
-    async def _aget_relevant_documents(
-        self,
-        query: str,
-        *,
-        run_manager: AsyncCallbackManagerForRetrieverRun,
-        k: int | None = None,
-        **kwargs: Any,
-    ) -> list[Document]:
-        return await asyncio.to_thread(
-            recall_documents, self.memory, query, k or self.k, self.max_new_tokens
-        )
 
 
 def recall_documents(
