@@ -35,7 +35,7 @@ from .generation import generate, stream
 from .models import LoadedModel, load_model
 from .routing import ShardRouter
 from .transformation import retrain, transform
-from .verify import record_problems
+from .verify import record_problems, records_disagreement
 
 logger = logging.getLogger(__name__)
 
@@ -224,12 +224,11 @@ class ParametricMemory:
     def _ingest(self, documents: list[Document], progress: bool) -> IngestReport:
         report = IngestReport()
         with store.write_lock(self.root):
-            self._refresh()
+            chunk_records, held_items = self._refresh()
             todo = self._new_documents(documents, report)
             if not todo:
                 return report
-            held_chunks = {c.id: c for c in store.read_chunks(self.root, self._manifest)}
-            held_items = store.read_transfer_set(self.root, self._manifest)
+            held_chunks = {c.id: c for c in chunk_records}
             bar = tqdm(todo, desc="consolidating", unit="doc", disable=not progress)
             for document in bar:
                 bar.set_postfix_str(document.id[:30])
@@ -354,21 +353,13 @@ class ParametricMemory:
         """Remove a document and its influence: its shard's adapter is retrained from scratch
         on the kept transfer items of the shard's other documents, then committed atomically."""
         with store.write_lock(self.root):
-            self._refresh()
+            chunk_records, item_records = self._refresh()
             if document_id not in self._manifest.documents:
                 raise DocumentNotFoundError(f"the memory holds no document {document_id!r}")
             shard = self._manifest.documents[document_id].shard
             documents = {k: v for k, v in self._manifest.documents.items() if k != document_id}
-            chunks = {
-                c.id: c
-                for c in store.read_chunks(self.root, self._manifest)
-                if c.document_id in documents
-            }
-            items = [
-                i
-                for i in store.read_transfer_set(self.root, self._manifest)
-                if i.chunk_id in chunks
-            ]
+            chunks = {c.id: c for c in chunk_records if c.document_id in documents}
+            items = [i for i in item_records if i.chunk_id in chunks]
             shard_kept = any(r.shard == shard for r in documents.values())
             self._active_shard = None
             try:
@@ -392,17 +383,21 @@ class ParametricMemory:
         if kept:
             retrain(self._lm, kept, chunks, self.config, random.Random(self.config.seed))
 
-    def _refresh(self) -> None:
-        """Pick up commits another writer made since this memory was opened, and refuse to
-        write over a manifest that no longer matches its state's records."""
+    def _refresh(self) -> tuple[list[Chunk], list[TransferItem]]:
+        """Pick up commits another writer made since this memory was opened, and return the
+        committed chunk and transfer-item records; refuse to write over a manifest that no
+        longer matches them (before any stale folder is removed)."""
         latest = store.read_manifest(self.root)
         if latest.state != self._manifest.state:
             self._manifest = latest
             self._active_shard = None
-        problems = record_problems(self.root, self._manifest)
+        chunks = store.read_chunks(self.root, self._manifest)
+        items = store.read_transfer_set(self.root, self._manifest)
+        problems = records_disagreement(self._manifest, chunks, items)
         if problems:
             raise CorruptMemoryError(f"{self.root}: {problems[0]}; run `verify`")
         store.remove_stale_states(self.root, self._manifest)
+        return chunks, items
 
     # --- reading ------------------------------------------------------------------------
     def ask(self, question: str, *, max_new_tokens: int = 128) -> str:

@@ -10,6 +10,8 @@ from pathlib import Path
 from safetensors import SafetensorError, safe_open
 
 from . import store
+from .chunking import Chunk
+from .elicit import TransferItem
 from .errors import MemoryNotFoundError, ParametricMemoryError
 
 
@@ -43,13 +45,20 @@ def verify_memory(path: str | Path) -> list[str]:
 
 def record_problems(root: Path, manifest: store.Manifest) -> list[str]:
     """Every document listed has its chunk records, and no record outlives its document."""
-    if manifest.documents and manifest.state is None:
-        return [f"the manifest lists {len(manifest.documents)} document(s) but no state"]
     try:
         chunks = store.read_chunks(root, manifest)
         items = store.read_transfer_set(root, manifest)
     except (ParametricMemoryError, TypeError) as error:  # TypeError: a line is not a record
         return [f"unreadable records: {error}"]
+    return records_disagreement(manifest, chunks, items)
+
+
+def records_disagreement(
+    manifest: store.Manifest, chunks: list[Chunk], items: list[TransferItem]
+) -> list[str]:
+    """Where the manifest and its state's (already read) records disagree."""
+    if manifest.documents and manifest.state is None:
+        return [f"the manifest lists {len(manifest.documents)} document(s) but no state"]
     per_document = Counter(chunk.document_id for chunk in chunks)
     problems = [
         f"document {doc_id!r} has {per_document[doc_id]} chunk records, the manifest says "
