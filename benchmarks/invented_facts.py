@@ -124,11 +124,19 @@ def _score(questions: list[tuple[dict, dict]], answers: list[str]) -> dict:
     return {
         "contains": mean(s["contains"] for s in scores),
         "f1": mean(s["f1"] for s in scores),
-        "examples": [
-            {"question": q["question"], "gold": q["answer"], "answer": a}
-            for (_, q), a in list(zip(questions, answers, strict=True))[:10]
+        "per_document_contains": _per_document(questions, scores),
+        "answers": [
+            {"document": d["id"], "question": q["question"], "gold": q["answer"], "answer": a}
+            for (d, q), a in zip(questions, answers, strict=True)
         ],
     }
+
+
+def _per_document(questions: list[tuple[dict, dict]], scores: list[dict]) -> dict[str, float]:
+    hits: dict[str, list[float]] = {}
+    for (document, _), score in zip(questions, scores, strict=True):
+        hits.setdefault(document["id"], []).append(score["contains"])
+    return {document: mean(values) for document, values in hits.items()}
 
 
 def _write(result: dict, out: Path) -> None:

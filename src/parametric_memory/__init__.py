@@ -20,6 +20,7 @@ from .errors import (
     MemoryNotFoundError,
     ModelLoadError,
     ParametricMemoryError,
+    TrainingDivergedError,
 )
 from .memory import IngestReport, MemoryInfo, ParametricMemory, Recollection
 
@@ -43,5 +44,6 @@ __all__ = [
     "Recollection",
     "SelectionConfig",
     "ShardingConfig",
+    "TrainingDivergedError",
     "__version__",
 ]

@@ -17,7 +17,7 @@ from peft.tuners.lora import LoraLayer
 
 from .config import ConsolidationConfig
 from .distillation import Example, answer_logits, batches, topk_kl_loss
-from .errors import ModelLoadError
+from .errors import ModelLoadError, TrainingDivergedError
 from .models import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,8 @@ class TrainingStats:
     steps: int
     first_loss: float
     last_loss: float
+    skipped_steps: int = 0
+    """Steps whose gradient was not finite: the optimiser left the weights as they were."""
 
 
 def attach_adapter(lm: LoadedModel, config: ConsolidationConfig, seed: int) -> None:
@@ -62,14 +64,16 @@ def train_student(
     """Epochs of KL distillation over `examples` (teacher targets already computed)."""
     model = lm.model
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=config.learning_rate, weight_decay=0.0, fused=lm.device.type == "cuda"
-    )
+    before = [p.detach().clone() for p in params]
+    # Fused AdamW skips its update, on the device, whenever `found_inf` is set: a bf16 step
+    # that overflows leaves the weights as they were instead of writing NaN into them.
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0, fused=True)
     steps_per_epoch = -(-len(examples) // config.batch_size)
     scheduler = _warmup_then_linear_decay(
         optimizer, config.epochs * steps_per_epoch, config.warmup_ratio
     )
     losses: list[torch.Tensor] = []
+    skipped = torch.zeros((), device=lm.device)
     model.train()
     try:
         for _ in range(config.epochs):
@@ -79,7 +83,9 @@ def train_student(
                 loss = _distillation_loss(lm, batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.found_inf = (~torch.isfinite(norm)).float()
+                skipped += optimizer.found_inf
                 optimizer.step()
                 scheduler.step()
                 losses.append(loss.detach())
@@ -89,8 +95,32 @@ def train_student(
         return TrainingStats(0, 0.0, 0.0)
     # One host-device sync at the end instead of one per step.
     values = torch.stack(losses).float().cpu().tolist()
-    logger.debug("distillation loss %.4f -> %.4f over %d steps", values[0], values[-1], len(values))
-    return TrainingStats(len(values), values[0], values[-1])
+    stats = TrainingStats(len(values), values[0], values[-1], int(skipped.item()))
+    _refuse_non_finite_weights(params, before, stats)
+    logger.debug(
+        "distillation loss %.4f -> %.4f over %d steps (%d skipped: gradient not finite)",
+        stats.first_loss,
+        stats.last_loss,
+        stats.steps,
+        stats.skipped_steps,
+    )
+    return stats
+
+
+def _refuse_non_finite_weights(
+    params: list[torch.Tensor], before: list[torch.Tensor], stats: TrainingStats
+) -> None:
+    """Put the weights back as they were and raise if training left any of them NaN/inf,
+    so a diverged transformation is never committed."""
+    if bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        return
+    with torch.no_grad():
+        for param, saved in zip(params, before, strict=True):
+            param.copy_(saved)
+    raise TrainingDivergedError(
+        f"distillation diverged (loss {stats.first_loss:.3g} -> {stats.last_loss:.3g} over "
+        f"{stats.steps} steps); the adapter was restored. Lower consolidation.learning_rate"
+    )
 
 
 def _warmup_then_linear_decay(optimizer, total_steps: int, warmup_ratio: float):

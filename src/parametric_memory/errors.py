@@ -36,6 +36,10 @@ class ModelLoadError(ParametricMemoryError, OSError):
     """The base model could not be found, converted or loaded."""
 
 
+class TrainingDivergedError(ParametricMemoryError, ArithmeticError):
+    """Consolidation left the adapter with NaN or infinite weights (nothing was committed)."""
+
+
 class DocumentNotFoundError(ParametricMemoryError, KeyError):
     """A document id that the memory does not hold."""
 
