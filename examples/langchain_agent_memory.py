@@ -56,8 +56,10 @@ def main() -> None:
     print(f"queued for consolidation: {long_term.pending}")
     started = time.perf_counter()
     report = long_term.flush()
-    print(f"consolidated {report.added if report else []} into {folder} "
-          f"({time.perf_counter() - started:.1f}s)")
+    print(
+        f"consolidated {report.added if report else []} into {folder} "
+        f"({time.perf_counter() - started:.1f}s)"
+    )
 
     print(f"recalled into the system message: {long_term.recollect(SECOND_SESSION)!r}")
     reply = agent.invoke({"messages": [HumanMessage(SECOND_SESSION)]})["messages"][-1]

@@ -49,16 +49,20 @@ def main() -> None:
     memory = ParametricMemory.create(folder, config, exist_ok=True)
     started = time.perf_counter()
     report = memory.add_documents([DOCUMENT], ids=["festival"], progress=not args.fast)
-    print(f"consolidated {report.added or 'nothing new'} into {folder} "
-          f"({time.perf_counter() - started:.1f}s)")
+    print(
+        f"consolidated {report.added or 'nothing new'} into {folder} "
+        f"({time.perf_counter() - started:.1f}s)"
+    )
 
     # The swap: where a RAG chain has `vectorstore.as_retriever()`, use the memory.
     retriever = ParametricMemoryRetriever(memory=memory, k=1, max_new_tokens=96)
     llm = ChatParametricMemory(memory=memory, max_tokens=64)
-    prompt = ChatPromptTemplate.from_messages([
-        ("system", "Answer the question using this context:\n{context}"),
-        ("human", "{question}"),
-    ])
+    prompt = ChatPromptTemplate.from_messages(
+        [
+            ("system", "Answer the question using this context:\n{context}"),
+            ("human", "{question}"),
+        ]
+    )
 
     def format_docs(docs) -> str:
         return "\n\n".join(doc.page_content for doc in docs)

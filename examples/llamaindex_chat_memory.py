@@ -51,8 +51,11 @@ def main() -> None:
 
     def session(session_id: str) -> SimpleChatEngine:
         chat_memory = Memory.from_defaults(
-            session_id=session_id, token_limit=120, token_flush_size=40,
-            chat_history_token_ratio=0.5, memory_blocks=[block],
+            session_id=session_id,
+            token_limit=120,
+            token_flush_size=40,
+            chat_history_token_ratio=0.5,
+            memory_blocks=[block],
         )
         return SimpleChatEngine.from_defaults(llm=llm, memory=chat_memory)
 
@@ -63,8 +66,10 @@ def main() -> None:
     print(f"flushed from short-term memory and queued: {block.pending}")
     started = time.perf_counter()
     report = block.flush()
-    print(f"consolidated {report.added if report else []} into {folder} "
-          f"({time.perf_counter() - started:.1f}s)")
+    print(
+        f"consolidated {report.added if report else []} into {folder} "
+        f"({time.perf_counter() - started:.1f}s)"
+    )
 
     second = session("session-2")
     print(f"session 2 user (no history): {QUESTION}")

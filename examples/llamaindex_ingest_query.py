@@ -65,9 +65,11 @@ def main() -> None:
     )
     started = time.perf_counter()
     nodes = pipeline.run(documents=documents)
-    print(f"read {len(documents)} file(s), split into {len(nodes)} node(s), consolidated into "
-          f"{folder}: {memory.info().documents} document(s) held "
-          f"({time.perf_counter() - started:.1f}s)")
+    print(
+        f"read {len(documents)} file(s), split into {len(nodes)} node(s), consolidated into "
+        f"{folder}: {memory.info().documents} document(s) held "
+        f"({time.perf_counter() - started:.1f}s)"
+    )
 
     retriever = ParametricMemoryRetriever(memory, similarity_top_k=1, max_new_tokens=96)
     for hit in retriever.retrieve(args.question):
@@ -76,8 +78,10 @@ def main() -> None:
     engine = ParametricMemoryQueryEngine(memory=memory, max_new_tokens=64)
     response = engine.query(args.question)
     print(f"question: {args.question}")
-    print(f"answer from the weights: {response.response!r} "
-          f"(source nodes: {len(response.source_nodes)})")
+    print(
+        f"answer from the weights: {response.response!r} "
+        f"(source nodes: {len(response.source_nodes)})"
+    )
 
     streaming = ParametricMemoryQueryEngine(memory=memory, max_new_tokens=64, streaming=True)
     print("streamed: ", end="", flush=True)

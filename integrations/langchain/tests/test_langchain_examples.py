@@ -20,9 +20,19 @@ def test_example_runs_on_the_tiny_model(script, expected, tmp_path):
     if script == "langchain_agent_memory.py":
         pytest.importorskip("langchain.agents")
     result = subprocess.run(
-        [sys.executable, str(REPO / "examples" / script), "--model", str(tiny_model_dir()),
-         "--fast", "--memory", str(tmp_path / "memory")],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "examples" / script),
+            "--model",
+            str(tiny_model_dir()),
+            "--fast",
+            "--memory",
+            str(tmp_path / "memory"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for line in expected:

@@ -24,9 +24,10 @@ def test_retriever_documents_are_recalled_text_with_provenance():
     retriever = ParametricMemoryRetriever(memory=memory, k=2, max_new_tokens=12)
     docs = retriever.invoke("the Quillhaven lantern festival")
     assert len(docs) == 2
-    assert docs[0].page_content == memory.recall(
-        "the Quillhaven lantern festival", max_new_tokens=12
-    ).text
+    assert (
+        docs[0].page_content
+        == memory.recall("the Quillhaven lantern festival", max_new_tokens=12).text
+    )
     assert docs[0].metadata["kind"] == "recall"
     assert docs[1].metadata["kind"] == "answer"
     for doc in docs:
@@ -117,9 +118,12 @@ def test_index_with_record_manager_incremental_cleanup():
     result = index(docs, records, vector_store, cleanup="incremental", source_id_key="source")
     assert result["num_added"] == 2
     assert len(memory.documents) == 2
-    assert index(docs, records, vector_store, cleanup="incremental", source_id_key="source")[
-        "num_skipped"
-    ] == 2
+    assert (
+        index(docs, records, vector_store, cleanup="incremental", source_id_key="source")[
+            "num_skipped"
+        ]
+        == 2
+    )
 
     town = Document(page_content="Brindlewick has 31 bridges.", metadata=docs[1].metadata)
     changed = [docs[0], town]

@@ -18,9 +18,19 @@ from li_tiny import REPO, tiny_model_dir
 )
 def test_example_runs_on_the_tiny_model(script, expected, tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "examples" / script), "--model", str(tiny_model_dir()),
-         "--fast", "--memory", str(tmp_path / "memory")],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "examples" / script),
+            "--model",
+            str(tiny_model_dir()),
+            "--fast",
+            "--memory",
+            str(tmp_path / "memory"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for line in expected:

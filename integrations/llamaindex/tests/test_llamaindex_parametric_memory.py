@@ -26,11 +26,14 @@ TOWN = "Brindlewick has 27 bridges. The oldest one, Copper Span, opened in 1790.
 def test_pipeline_consolidates_nodes_and_returns_them():
     memory = new_memory()
     pipeline = IngestionPipeline(
-        transformations=[SentenceSplitter(chunk_size=64, chunk_overlap=0),
-                         ParametricMemoryTransform(memory=memory)]
+        transformations=[
+            SentenceSplitter(chunk_size=64, chunk_overlap=0),
+            ParametricMemoryTransform(memory=memory),
+        ]
     )
-    nodes = pipeline.run(documents=[Document(text=FACTS, id_="festival"),
-                                    Document(text=TOWN, id_="town")])
+    nodes = pipeline.run(
+        documents=[Document(text=FACTS, id_="festival"), Document(text=TOWN, id_="town")]
+    )
     assert [n.get_content() for n in nodes] == [FACTS, TOWN]
     assert set(memory.documents) == {n.node_id for n in nodes}
     record = memory.documents[nodes[0].node_id]
@@ -150,9 +153,10 @@ def test_retriever_returns_recalled_nodes():
     results = retriever.retrieve("the Quillhaven lantern festival")
     assert len(results) == 3
     first = results[0]
-    assert first.node.get_content() == memory.recall(
-        "the Quillhaven lantern festival", max_new_tokens=12
-    ).text
+    assert (
+        first.node.get_content()
+        == memory.recall("the Quillhaven lantern festival", max_new_tokens=12).text
+    )
     assert first.score == 1.0 and results[1].score == 0.5
     assert first.node.metadata["source"] == "parametric-memory"
     assert first.node.metadata["recalled"] is True
@@ -181,17 +185,22 @@ def test_memory_block_recalls_and_queues_flushed_messages():
     memory.add_documents([FACTS], ids=["facts"], progress=False)
     block = ParametricMemoryBlock(memory=memory, max_new_tokens=8)
     chat_memory = Memory.from_defaults(
-        session_id="s1", token_limit=60, token_flush_size=20, chat_history_token_ratio=0.5,
+        session_id="s1",
+        token_limit=60,
+        token_flush_size=20,
+        chat_history_token_ratio=0.5,
         memory_blocks=[block],
     )
     question = "When is the Quillhaven lantern festival?"
-    chat_memory.put_messages([
-        ChatMessage(role="user", content="Hello there, this is the first message of the chat."),
-        ChatMessage(role="assistant", content="Hello! How can I help you today, my friend?"),
-        ChatMessage(role="user", content="Tell me something about lanterns in festivals."),
-        ChatMessage(role="assistant", content="Lanterns are lit at many festivals worldwide."),
-        ChatMessage(role="user", content=question),
-    ])
+    chat_memory.put_messages(
+        [
+            ChatMessage(role="user", content="Hello there, this is the first message of the chat."),
+            ChatMessage(role="assistant", content="Hello! How can I help you today, my friend?"),
+            ChatMessage(role="user", content="Tell me something about lanterns in festivals."),
+            ChatMessage(role="assistant", content="Lanterns are lit at many festivals worldwide."),
+            ChatMessage(role="user", content=question),
+        ]
+    )
     assert block.pending, "the Memory should have flushed its oldest turns to the block"
     assert block.pending[0].startswith("User: Hello there")
 
@@ -212,8 +221,14 @@ def test_memory_block_can_consolidate_on_put():
     memory = new_memory()
     block = ParametricMemoryBlock(memory=memory, consolidate="on_put")
     assert block.recollect("anything") == ""  # an empty memory has nothing to recall
-    asyncio.run(block.aput([ChatMessage(role="user", content="My locker code is 4417."),
-                            ChatMessage(role="tool", content="ignored")]))
+    asyncio.run(
+        block.aput(
+            [
+                ChatMessage(role="user", content="My locker code is 4417."),
+                ChatMessage(role="tool", content="ignored"),
+            ]
+        )
+    )
     [doc_id] = memory.documents
     assert doc_id.startswith("conversation-")
     assert asyncio.run(block.aget([])) == ""
