@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 from parametric_memory import TrainingDivergedError
 from parametric_memory.config import ConsolidationConfig
 from parametric_memory.consolidate import TrainingStats, _refuse_non_finite_weights, train_student
+from parametric_memory.fast_distillation import capturable_adamw, collate, train_step
 from parametric_memory.models import LoadedModel
 
 
@@ -61,5 +62,17 @@ def test_non_finite_weights_are_restored_and_reported(model_dir):  # noqa: F811
         params[3][0, 0] = float("nan")
     with pytest.raises(TrainingDivergedError, match="restored"):
         _refuse_non_finite_weights(params, before, TrainingStats(4, 2.0, float("nan")))
+    for a, b in zip(adapter_weights(lm), before, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_the_faster_step_skips_a_nan_step_too(model_dir):  # noqa: F811
+    lm = student(model_dir)
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    examples = random_examples(lm.model, 3, seed=7)
+    examples[0].topk_logprobs = torch.full_like(examples[0].topk_logprobs, float("nan"))
+    optimizer = capturable_adamw(params, 1e-2, torch.device("cpu"))
+    before = adapter_weights(lm)
+    train_step(lm.model, optimizer, params, collate(examples, 0, torch.device("cpu")), 1.0)
     for a, b in zip(adapter_weights(lm), before, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

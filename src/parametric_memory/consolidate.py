@@ -83,10 +83,7 @@ def train_student(
                 loss = _distillation_loss(lm, batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.found_inf = (~torch.isfinite(norm)).float()
-                skipped += optimizer.found_inf
-                optimizer.step()
+                skipped += clip_and_step(optimizer, params, config.max_grad_norm)
                 scheduler.step()
                 losses.append(loss.detach())
     finally:
@@ -105,6 +102,18 @@ def train_student(
         stats.skipped_steps,
     )
     return stats
+
+
+def clip_and_step(
+    optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_grad_norm: float
+) -> torch.Tensor:
+    """Clip the gradient norm and step a fused optimizer, which skips the update on the
+    device when the norm is not finite. Returns 1.0 for a skipped step, else 0.0 (a device
+    tensor: no host sync, so the step can also be captured in a CUDA graph)."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=params[0].is_cuda)
+    optimizer.found_inf = (~torch.isfinite(norm)).float()
+    optimizer.step()
+    return optimizer.found_inf
 
 
 def _refuse_non_finite_weights(

@@ -20,6 +20,9 @@ base model's.
 The loss is `distillation.topk_kl_loss` on the same logits, so values match the reference
 step up to the rounding of other kernels.
 
+Like the reference step, a step whose gradient is not finite is skipped on the device
+(`consolidate.clip_and_step`).
+
 Status: measured by `benchmarks/speed.py` and tested against the reference step
 (tests/test_fast_generation.py); `consolidate.train_student` does not use it yet, because its
 effect on memory quality has not been measured end to end on a GPU.
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .consolidate import clip_and_step
 from .distillation import Example, topk_kl_loss
 
 logger = logging.getLogger(__name__)
@@ -112,8 +116,7 @@ def train_step(
     loss = student_kl_loss(model, batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=loss.is_cuda)
-    optimizer.step()
+    clip_and_step(optimizer, params, max_grad_norm)
     return loss.detach()
 
 
@@ -128,7 +131,7 @@ def capturable_adamw(
     """AdamW whose step can be captured: fused, state on the device, and the learning rate a
     device tensor (LR schedulers `fill_` it, so a replayed graph sees the schedule)."""
     if device.type != "cuda":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
     rate = torch.tensor(lr, dtype=torch.float32, device=device)
     return torch.optim.AdamW(params, lr=rate, weight_decay=0.0, fused=True, capturable=True)
 
@@ -189,9 +192,7 @@ class GraphedStudentTrainer:
             logits[:, :-1], static.topk_ids, static.topk_logprobs, static.answer_mask
         )
         loss.backward()
-        foreach = self.device.type == "cuda"  # capturable: no host sync in the norm
-        torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=foreach)
-        self.optimizer.step()
+        clip_and_step(self.optimizer, self.params, self.max_grad_norm)
         return loss.detach()
 
     def _capture(self, static: _StaticStep) -> None:
