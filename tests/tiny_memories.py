@@ -5,6 +5,8 @@ from __future__ import annotations
 import atexit
 import functools
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -49,3 +51,10 @@ def shared_memory() -> ParametricMemory:
     memory = new_memory()
     memory.add_documents([FACTS], ids=["quillhaven"], progress=False)
     return memory
+
+
+def run_example(script: str, memory_folder: Path) -> subprocess.CompletedProcess:
+    """Run `examples/<script>` on the tiny model, as a user would from the shell."""
+    command = [sys.executable, str(REPO / "examples" / script), "--model", str(tiny_model_dir())]
+    command += ["--fast", "--memory", str(memory_folder)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)

@@ -10,6 +10,7 @@ from tiny_memories import (  # noqa: F401  (re-exported to the test modules)
     FACTS,
     REPO,
     new_memory,
+    run_example,
     scratch_dir,
     shared_memory,
     tiny_config,

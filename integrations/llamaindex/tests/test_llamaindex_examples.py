@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from li_tiny import REPO, tiny_model_dir
+from li_tiny import run_example
 
 
 @pytest.mark.parametrize(
@@ -17,21 +14,7 @@ from li_tiny import REPO, tiny_model_dir
     ],
 )
 def test_example_runs_on_the_tiny_model(script, expected, tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "examples" / script),
-            "--model",
-            str(tiny_model_dir()),
-            "--fast",
-            "--memory",
-            str(tmp_path / "memory"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
+    result = run_example(script, tmp_path / "memory")
     assert result.returncode == 0, result.stderr[-3000:]
     for line in expected:
         assert line in result.stdout
