@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 from pydantic import ValidationError
@@ -14,7 +12,6 @@ from parametric_memory.config import SelectionConfig
 from parametric_memory.distillation import topk_kl_loss
 from parametric_memory.documents import make_documents, validate_text
 from parametric_memory.elicit import TransferItem
-from parametric_memory.heap import limit_heap_fragmentation
 from parametric_memory.prompts import parse_written_question, plan_prompts, salient_spans
 from parametric_memory.select import degeneracy, select_items
 
@@ -132,8 +129,3 @@ def test_config_errors_name_the_field():
 def test_config_is_frozen():
     with pytest.raises(ValidationError):
         MemoryConfig().seed = 3
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc only")
-def test_the_heap_threshold_is_fixed_on_linux():
-    assert limit_heap_fragmentation(64 * 1024) is True

@@ -19,7 +19,6 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from .config import MemoryConfig
 from .errors import ModelLoadError
-from .heap import limit_heap_fragmentation
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +128,6 @@ def load_model(config: MemoryConfig) -> LoadedModel:
     source = str(converted_default_model()) if config.model == "default" else config.model
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
-    if device.type == "cpu":
-        limit_heap_fragmentation()
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, trust_remote_code=config.trust_remote_code
