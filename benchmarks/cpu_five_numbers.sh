@@ -3,6 +3,7 @@
 # Resumable: finished parts are skipped, the stream continues from its memory folder.
 cd "$(dirname "$0")/.."
 S=benchmarks/results/scratch/cpu20
+mkdir -p $S
 Q="nice -n 10 .venv/bin/python benchmarks/quality.py --data benchmarks/data/invented_facts.jsonl --n 20 --device cpu"
 [ -f $S/prompt/quality.json ] || $Q --modes base,in-prompt,rag --out $S/prompt > $S/prompt.log 2>&1
 for i in $(seq 0 19); do
