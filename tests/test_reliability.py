@@ -681,14 +681,22 @@ def damage(path: Path, kind: str, data: st.DataObject) -> None:
         path.write_bytes(content + data.draw(st.binary(min_size=1, max_size=64), label="tail"))
 
 
+def damaged_copy(
+    sound_memory: Path, files: list[str], data: st.DataObject, parent: str
+) -> tuple[Path, str]:
+    """A copy of the sound memory with one of `files` damaged; the copy and that file."""
+    relative = data.draw(st.sampled_from(files), label="file")
+    kind = data.draw(st.sampled_from(DAMAGES), label="damage")
+    root = copy_memory(sound_memory, parent)
+    damage(root / relative, kind, data)
+    return root, relative
+
+
 @cases(150)
 @given(data=st.data())
 def test_verify_names_any_damaged_state_file(sound_memory, sound_files, data):
-    relative = data.draw(st.sampled_from(sound_files), label="file")
-    kind = data.draw(st.sampled_from(DAMAGES), label="damage")
     with tempfile.TemporaryDirectory() as tmp:
-        root = copy_memory(sound_memory, tmp)
-        damage(root / relative, kind, data)
+        root, relative = damaged_copy(sound_memory, sound_files, data, tmp)
         problems = verify_memory(root)
         assert any(relative in problem for problem in problems), problems
         result = run_cli("verify", "--memory", str(root))
@@ -700,11 +708,8 @@ def test_verify_names_any_damaged_state_file(sound_memory, sound_files, data):
 @given(data=st.data())
 def test_readers_of_a_damaged_adapter_answer_or_fail_in_one_line(sound_memory, sound_files, data):
     weights_or_config = [f for f in sound_files if not f.endswith(".jsonl")]
-    relative = data.draw(st.sampled_from(weights_or_config), label="file")
-    kind = data.draw(st.sampled_from(DAMAGES), label="damage")
     with tempfile.TemporaryDirectory() as tmp:
-        root = copy_memory(sound_memory, tmp)
-        damage(root / relative, kind, data)
+        root, _ = damaged_copy(sound_memory, weights_or_config, data, tmp)
         before = snapshot(root)
         for args in (["info"], ["ask", "When is the lantern festival?", "--max-new-tokens", "3"]):
             result = run_cli(*args, "--memory", str(root))
