@@ -379,7 +379,7 @@ class GraphedTrainer:
         self.trainer = GraphedStudentTrainer(model, self.optimizer, params, 1.0, rows, PAD)
 
     def step(self, batch: list[Example]) -> torch.Tensor:
-        loss = self.trainer.step(batch)
+        loss, _ = self.trainer.step(batch)
         self.scheduler.step()
         return loss
 

@@ -11,16 +11,16 @@ import torch
 from test_fast_generation import load, model_dir, random_examples, with_lora  # noqa: F401
 from transformers import AutoTokenizer
 
-from parametric_memory import TrainingDivergedError
+from parametric_memory import TrainingDivergedError, fast_distillation
 from parametric_memory.config import ConsolidationConfig
 from parametric_memory.consolidate import TrainingStats, _refuse_non_finite_weights, train_student
 from parametric_memory.fast_distillation import capturable_adamw, collate, train_step
 from parametric_memory.models import LoadedModel
 
 
-def student(model_dir) -> LoadedModel:  # noqa: F811
+def student(model_dir, device: str = "cpu") -> LoadedModel:  # noqa: F811
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    return LoadedModel(with_lora(load(model_dir)), tokenizer, "tiny", "tiny")
+    return LoadedModel(with_lora(load(model_dir, device)), tokenizer, "tiny", "tiny")
 
 
 def adapter_weights(lm: LoadedModel) -> list[torch.Tensor]:
@@ -28,10 +28,13 @@ def adapter_weights(lm: LoadedModel) -> list[torch.Tensor]:
 
 
 CONFIG = ConsolidationConfig(epochs=1, batch_size=1, learning_rate=1e-2, warmup_ratio=0.0)
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
-def test_a_step_with_a_nan_loss_is_skipped_and_the_others_train(model_dir):  # noqa: F811
-    lm = student(model_dir)
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_step_with_a_nan_loss_is_skipped_and_the_others_train(model_dir, device):  # noqa: F811
+    lm = student(model_dir, device)
     examples = random_examples(lm.model, 3, seed=5)
     examples[1].topk_logprobs = torch.full_like(examples[1].topk_logprobs, float("nan"))
     before = adapter_weights(lm)
@@ -42,8 +45,9 @@ def test_a_step_with_a_nan_loss_is_skipped_and_the_others_train(model_dir):  # n
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
 
 
-def test_every_step_nan_leaves_the_adapter_exactly_as_it_was(model_dir):  # noqa: F811
-    lm = student(model_dir)
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_step_nan_leaves_the_adapter_exactly_as_it_was(model_dir, device):  # noqa: F811
+    lm = student(model_dir, device)
     examples = random_examples(lm.model, 2, seed=6)
     for example in examples:
         example.topk_logprobs = torch.full_like(example.topk_logprobs, float("inf"))
@@ -76,3 +80,25 @@ def test_the_faster_step_skips_a_nan_step_too(model_dir):  # noqa: F811
     train_step(lm.model, optimizer, params, collate(examples, 0, torch.device("cpu")), 1.0)
     for a, b in zip(adapter_weights(lm), before, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@CUDA
+def test_cuda_training_replays_its_graphs_across_transformations_and_matches_cpu(
+    model_dir,  # noqa: F811
+):
+    """On CUDA `train_student` steps through one graphed trainer per model, kept across
+    transformations with its optimiser reset: two transformations train like on the CPU."""
+    config = ConsolidationConfig(epochs=2, batch_size=4, learning_rate=1e-2, warmup_ratio=0.2)
+    on_cuda, on_cpu = student(model_dir, "cuda"), student(model_dir, "cpu")
+    trainers = []
+    for seed in (7, 8):
+        examples = random_examples(on_cpu.model, 10, seed=seed)
+        cuda_stats = train_student(on_cuda, examples, config, random.Random(seed))
+        cpu_stats = train_student(on_cpu, examples, config, random.Random(seed))
+        trainers.append(fast_distillation._TRAINERS[on_cuda.model])
+        assert cuda_stats.steps == cpu_stats.steps == 6
+        assert cuda_stats.last_loss == pytest.approx(cpu_stats.last_loss, rel=1e-3)
+    assert trainers[0] is trainers[1]
+    assert any(step.graph is not None for step in trainers[0]._steps.values())
+    for on_gpu, reference in zip(adapter_weights(on_cuda), adapter_weights(on_cpu), strict=True):
+        torch.testing.assert_close(on_gpu.cpu(), reference, rtol=1e-3, atol=1e-4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +19,9 @@ from peft.tuners.lora import LoraLayer
 from .config import ConsolidationConfig
 from .distillation import Example, answer_logits, batches, topk_kl_loss
 from .errors import ModelLoadError, TrainingDivergedError
+from .fast_distillation import graphed_trainer
 from .models import LoadedModel
+from .optimizer import capturable_adamw, clip_and_step, set_learning_rate, warmup_then_linear_decay
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +68,9 @@ def train_student(
     model = lm.model
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
-    # Fused AdamW skips its update, on the device, whenever `found_inf` is set: a bf16 step
-    # that overflows leaves the weights as they were instead of writing NaN into them.
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0, fused=True)
+    optimizer, step = _student_step(lm, params, config)
     steps_per_epoch = -(-len(examples) // config.batch_size)
-    scheduler = _warmup_then_linear_decay(
-        optimizer, config.epochs * steps_per_epoch, config.warmup_ratio
-    )
+    schedule = warmup_then_linear_decay(config.epochs * steps_per_epoch, config.warmup_ratio)
     losses: list[torch.Tensor] = []
     skipped = torch.zeros((), device=lm.device)
     model.train()
@@ -80,12 +79,10 @@ def train_student(
             order = examples[:]
             rng.shuffle(order)
             for batch in batches(order, config.batch_size):
-                loss = _distillation_loss(lm, batch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                skipped += clip_and_step(optimizer, params, config.max_grad_norm)
-                scheduler.step()
-                losses.append(loss.detach())
+                set_learning_rate(optimizer, config.learning_rate * schedule(len(losses)))
+                loss, skip = step(batch)
+                losses.append(loss)
+                skipped += skip
     finally:
         model.eval()
     if not losses:
@@ -104,16 +101,28 @@ def train_student(
     return stats
 
 
-def clip_and_step(
-    optimizer: torch.optim.Optimizer, params: list[torch.Tensor], max_grad_norm: float
-) -> torch.Tensor:
-    """Clip the gradient norm and step a fused optimizer, which skips the update on the
-    device when the norm is not finite. Returns 1.0 for a skipped step, else 0.0 (a device
-    tensor: no host sync, so the step can also be captured in a CUDA graph)."""
-    norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=params[0].is_cuda)
-    optimizer.found_inf = (~torch.isfinite(norm)).float()
-    optimizer.step()
-    return optimizer.found_inf
+StudentStep = Callable[[list[Example]], tuple[torch.Tensor, torch.Tensor]]
+"""One optimiser step on a batch; returns the loss and 1.0 if the step was skipped (device
+tensors, no host sync)."""
+
+
+def _student_step(
+    lm: LoadedModel, params: list[torch.nn.Parameter], config: ConsolidationConfig
+) -> tuple[torch.optim.Optimizer, StudentStep]:
+    """On CUDA, the model's graphed trainer (graphs kept from earlier transformations,
+    optimiser reset to fresh); elsewhere a fresh fused AdamW stepping eagerly."""
+    if lm.device.type == "cuda":
+        trainer = graphed_trainer(lm, params, config)
+        return trainer.optimizer, trainer.step
+    optimizer = capturable_adamw(params, config.learning_rate, lm.device)
+
+    def eager_step(batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = _distillation_loss(lm, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss.detach(), clip_and_step(optimizer, params, config.max_grad_norm)
+
+    return optimizer, eager_step
 
 
 def _refuse_non_finite_weights(
@@ -130,19 +139,6 @@ def _refuse_non_finite_weights(
         f"distillation diverged (loss {stats.first_loss:.3g} -> {stats.last_loss:.3g} over "
         f"{stats.steps} steps); the adapter was restored. Lower consolidation.learning_rate"
     )
-
-
-def _warmup_then_linear_decay(optimizer, total_steps: int, warmup_ratio: float):
-    # A fresh AdamW moves every weight by ~lr on its first steps whatever the gradient; without
-    # warm-up those kicks, repeated at every transformation, make a streamed adapter drift.
-    warmup = max(1, round(warmup_ratio * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def _distillation_loss(lm: LoadedModel, batch: list[Example]) -> torch.Tensor:

@@ -21,24 +21,26 @@ The loss is `distillation.topk_kl_loss` on the same logits, so values match the 
 step up to the rounding of other kernels.
 
 Like the reference step, a step whose gradient is not finite is skipped on the device
-(`consolidate.clip_and_step`).
+(`optimizer.clip_and_step`).
 
-Status: measured by `benchmarks/speed.py` and tested against the reference step
-(tests/test_fast_generation.py); `consolidate.train_student` does not use it yet, because its
-effect on memory quality has not been measured end to end on a GPU.
+`consolidate.train_student` trains with `graphed_trainer` on CUDA: one trainer per model,
+kept across transformations, so each padded shape is captured once per process.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from .consolidate import clip_and_step
+from .config import ConsolidationConfig
 from .distillation import Example, topk_kl_loss
+from .models import LoadedModel
+from .optimizer import capturable_adamw, clip_and_step, reset_state
 
 logger = logging.getLogger(__name__)
 
@@ -125,17 +127,6 @@ _ANSWER_BUCKET = 16
 _WARMUP_STEPS = 3
 
 
-def capturable_adamw(
-    params: list[torch.nn.Parameter], lr: float, device: torch.device
-) -> torch.optim.AdamW:
-    """AdamW whose step can be captured: fused, state on the device, and the learning rate a
-    device tensor (LR schedulers `fill_` it, so a replayed graph sees the schedule)."""
-    if device.type != "cuda":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0, fused=True)
-    rate = torch.tensor(lr, dtype=torch.float32, device=device)
-    return torch.optim.AdamW(params, lr=rate, weight_decay=0.0, fused=True, capturable=True)
-
-
 class GraphedStudentTrainer:
     """Student steps replayed from CUDA graphs, one per padded shape: batches are padded to
     `rows` rows, widths to a multiple of 32 and answers to a multiple of 16, so a few graphs
@@ -163,8 +154,22 @@ class GraphedStudentTrainer:
         self.device = params[0].device
         self._steps: dict[tuple[int, int], _StaticStep] = {}
 
-    def step(self, examples: Sequence[Example]) -> torch.Tensor:
-        """One optimiser step on `examples` (at most `rows`); the loss as a device tensor."""
+    def serves(
+        self, params: list[torch.nn.Parameter], max_grad_norm: float, rows: int, pad_id: int
+    ) -> bool:
+        """Whether this trainer steps exactly these weights with these settings."""
+        same_weights = len(params) == len(self.params) and all(
+            a is b for a, b in zip(params, self.params, strict=False)
+        )
+        return same_weights and (max_grad_norm, rows, pad_id) == (
+            self.max_grad_norm,
+            self.rows,
+            self.pad_id,
+        )
+
+    def step(self, examples: Sequence[Example]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on `examples` (at most `rows`); the loss, and 1.0 if the step
+        was skipped (gradient not finite), as device tensors."""
         width = _round_up(max(len(e.student_ids) for e in examples), _WIDTH_BUCKET)
         longest = min(width - 1, _round_up(max(e.answer_len for e in examples), _ANSWER_BUCKET))
         static = self._steps.get((width, longest))
@@ -179,9 +184,9 @@ class GraphedStudentTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             return self._body(static)
         static.graph.replay()
-        return static.loss.clone()
+        return static.loss.clone(), static.skipped.clone()
 
-    def _body(self, static: _StaticStep) -> torch.Tensor:
+    def _body(self, static: _StaticStep) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(
             input_ids=static.input_ids,
             attention_mask=static.attention_mask(),
@@ -192,8 +197,8 @@ class GraphedStudentTrainer:
             logits[:, :-1], static.topk_ids, static.topk_logprobs, static.answer_mask
         )
         loss.backward()
-        clip_and_step(self.optimizer, self.params, self.max_grad_norm)
-        return loss.detach()
+        skipped = clip_and_step(self.optimizer, self.params, self.max_grad_norm)
+        return loss.detach(), skipped
 
     def _capture(self, static: _StaticStep) -> None:
         restore = _snapshot(self.params, self.optimizer)
@@ -211,7 +216,7 @@ class GraphedStudentTrainer:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
-                static.loss = self._body(static)
+                static.loss, static.skipped = self._body(static)
         except RuntimeError as error:
             # Still correct, only slower: this shape's steps run eagerly.
             logger.warning("CUDA graph capture of the student step failed: %s", error)
@@ -220,6 +225,27 @@ class GraphedStudentTrainer:
             static.eager = True
             return
         static.graph = graph
+
+
+_TRAINERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""The graphed trainer of each model, kept across transformations."""
+
+
+def graphed_trainer(
+    lm: LoadedModel, params: list[torch.nn.Parameter], config: ConsolidationConfig
+) -> GraphedStudentTrainer:
+    """`lm`'s trainer with its optimiser reset to fresh and the learning rate of `config`.
+    Its graphs hold the addresses of the weights, gradients and optimiser state, so the same
+    trainer serves every transformation of a process while the adapter's weights are the
+    same tensors (shard switches load weights into them in place)."""
+    trainer = _TRAINERS.get(lm.model)
+    wanted = (config.max_grad_norm, config.batch_size, lm.tokenizer.pad_token_id)
+    if trainer is None or not trainer.serves(params, *wanted):
+        optimizer = capturable_adamw(params, config.learning_rate, params[0].device)
+        trainer = GraphedStudentTrainer(lm.model, optimizer, params, *wanted)
+        _TRAINERS[lm.model] = trainer
+    reset_state(trainer.optimizer)
+    return trainer
 
 
 class _StaticStep:
@@ -237,6 +263,7 @@ class _StaticStep:
         self.causal, self.diagonal = causal, torch.eye(width, dtype=torch.bool, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None
+        self.skipped: torch.Tensor | None = None
         self.eager = device.type != "cuda"
 
     def attention_mask(self) -> torch.Tensor:
