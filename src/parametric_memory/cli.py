@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 from transformers.utils import logging as transformers_logging
 
 from .config import MemoryConfig
+from .distributed import add_documents_distributed, launched_by_torchrun
 from .documents import read_files
 from .errors import MemoryExistsError, ParametricMemoryError
 from .memory import ParametricMemory
@@ -111,9 +113,14 @@ def _refuse_a_folder_in_use(root: Path) -> None:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    read_files(args.paths)  # refuse bad input before loading a model or creating a memory
-    memory = _open_or_create(args.memory, args.model)
-    report = memory.add_files(args.paths)
+    documents = read_files(args.paths)  # bad input is refused before a model is loaded
+    if launched_by_torchrun():  # one process per GPU, shards spread over them
+        config = MemoryConfig(model=args.model)
+        report = add_documents_distributed(args.memory, documents, config=config)
+        if os.environ.get("RANK") != "0":
+            return 0
+    else:
+        report = _open_or_create(args.memory, args.model).add_files(args.paths)
     print(
         f"added {len(report.added)} document(s), skipped {len(report.skipped)} already held; "
         f"{report.chunks} chunk(s), {report.transfer_items} transfer item(s)"

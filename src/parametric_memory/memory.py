@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from .errors import (
 from .generation import generate, stream
 from .models import LoadedModel, load_model
 from .routing import ShardRouter
+from .sharding import plan_shards
 from .transformation import retrain, transform
 from .verify import record_problems, records_disagreement
 
@@ -63,6 +64,21 @@ class IngestReport:
     """Ids of documents whose content the memory already held (a no-op)."""
     chunks: int = 0
     transfer_items: int = 0
+
+    def count(self, document_id: str, chunks: list[Chunk], items: list[TransferItem]) -> None:
+        self.added.append(document_id)
+        self.chunks += len(chunks)
+        self.transfer_items += len(items)
+
+
+@dataclass
+class ShardResult:
+    """What consolidating new documents into one shard produced, not yet committed."""
+
+    shard: int
+    records: dict[str, store.DocumentRecord] = field(default_factory=dict)
+    chunks: list[Chunk] = field(default_factory=list)
+    items: list[TransferItem] = field(default_factory=list)
 
 
 @dataclass
@@ -226,21 +242,59 @@ class ParametricMemory:
         with store.write_lock(self.root):
             chunk_records, held_items = self._refresh()
             todo = self._new_documents(documents, report)
-            if not todo:
-                return report
             held_chunks = {c.id: c for c in chunk_records}
-            bar = tqdm(todo, desc="consolidating", unit="doc", disable=not progress)
-            for document in bar:
-                bar.set_postfix_str(document.id[:30])
-                shard = self._shard_for_new_document()
-                self._activate(shard)
-                shard_items = self._items_of_shard(shard, held_items, held_chunks)
-                chunks, items = self._consolidate(document, held_chunks, shard_items)
-                self._commit_document(document, shard, chunks, items, held_chunks, held_items)
-                report.added.append(document.id)
-                report.chunks += len(chunks)
-                report.transfer_items += len(items)
+            per_shard = self.config.sharding.documents_per_shard
+            plan = plan_shards(self._manifest.documents, todo, per_shard)
+            bar = tqdm(total=len(todo), desc="consolidating", unit="doc", disable=not progress)
+            with bar:
+                for shard, shard_documents in plan.items():
+                    self._activate(shard)
+                    for document in shard_documents:
+                        bar.set_postfix_str(document.id[:30])
+                        self._add_document(document, shard, held_chunks, held_items, report)
+                        bar.update()
         return report
+
+    def _add_document(
+        self,
+        document: Document,
+        shard: int,
+        held_chunks: dict[str, Chunk],
+        held_items: list[TransferItem],
+        report: IngestReport,
+    ) -> None:
+        """Consolidate one document into the active `shard` and commit it."""
+        shard_items = self._items_of_shard(shard, held_items, held_chunks)
+        chunks, items = self._consolidate(document, held_chunks, shard_items)
+        self._commit_document(document, shard, chunks, items, held_chunks, held_items)
+        report.count(document.id, chunks, items)
+
+    def _consolidate_shard(
+        self,
+        shard: int,
+        documents: list[Document],
+        held_chunks: dict[str, Chunk],
+        held_items: list[TransferItem],
+        folder: Path,
+    ) -> ShardResult:
+        """Consolidate `documents`, in order, into `shard` and save its weights under
+        `folder`, committing nothing (a multi-GPU ingest commits every shard at once)."""
+        self._activate(shard)
+        known_chunks = dict(held_chunks)
+        shard_items = self._items_of_shard(shard, held_items, held_chunks)
+        result = ShardResult(shard)
+        try:
+            for document in documents:
+                chunks, items = self._consolidate(document, known_chunks, shard_items)
+                known_chunks.update({chunk.id: chunk for chunk in chunks})
+                shard_items = shard_items + items
+                result.records[document.id] = _record(document, shard, chunks, items)
+                result.chunks.extend(chunks)
+                result.items.extend(items)
+            self._lm.model.save_pretrained(folder / store.shard_dir(shard))
+        finally:
+            self._active_shard = None  # the adapter holds weights that were not committed
+        return result
 
     def _new_documents(self, documents: list[Document], report: IngestReport) -> list[Document]:
         held = self._manifest.documents
@@ -264,12 +318,6 @@ class ParametricMemory:
 
     def _newest_shard(self) -> int:
         return max(self._shards(), default=0)
-
-    def _shard_for_new_document(self) -> int:
-        per_shard = self.config.sharding.documents_per_shard
-        newest = self._newest_shard()
-        held = sum(r.shard == newest for r in self._manifest.documents.values())
-        return newest + 1 if per_shard is not None and held >= per_shard else newest
 
     def _items_of_shard(
         self, shard: int, items: list[TransferItem], chunks: dict[str, Chunk]
@@ -312,16 +360,10 @@ class ParametricMemory:
     ) -> None:
         held_chunks.update({chunk.id: chunk for chunk in chunks})
         held_items.extend(items)
-        record = store.DocumentRecord(
-            content_hash=document.content_hash,
-            chunks=len(chunks),
-            tokens=sum(chunk.tokens for chunk in chunks),
-            transfer_items=len(items),
-            added_at=store.now(),
-            shard=shard,
-            metadata=document.metadata,
-        )
-        documents = {**self._manifest.documents, document.id: record}
+        documents = {
+            **self._manifest.documents,
+            document.id: _record(document, shard, chunks, items),
+        }
         self._commit(documents, shard, held_chunks, held_items)
 
     def _commit(
@@ -333,14 +375,25 @@ class ParametricMemory:
     ) -> None:
         """Commit `documents` with the adapter's weights as `changed_shard` (None: no shard
         changed but by removal); every other shard is carried over as committed."""
-        unchanged = {r.shard for r in documents.values()} - {changed_shard}
-        manifest = self._manifest.model_copy(update={"documents": documents})
 
         def write_state(folder: Path) -> None:
             if changed_shard is not None:
                 self._lm.model.save_pretrained(folder / store.shard_dir(changed_shard))
             self._write_records(folder, chunks, items)
 
+        changed = set() if changed_shard is None else {changed_shard}
+        self._commit_state(documents, changed, write_state)
+
+    def _commit_state(
+        self,
+        documents: dict[str, store.DocumentRecord],
+        changed_shards: set[int],
+        write_state: Callable[[Path], None],
+    ) -> None:
+        """Commit a new state: `write_state` writes the changed shards and the records, the
+        other shards' files are carried over as committed."""
+        unchanged = {r.shard for r in documents.values()} - changed_shards
+        manifest = self._manifest.model_copy(update={"documents": documents})
         self._manifest = store.commit(self.root, manifest, write_state, unchanged)
 
     def _write_records(
@@ -383,10 +436,10 @@ class ParametricMemory:
         if kept:
             retrain(self._lm, kept, chunks, self.config, random.Random(self.config.seed))
 
-    def _refresh(self) -> tuple[list[Chunk], list[TransferItem]]:
+    def _refresh(self, *, writer: bool = True) -> tuple[list[Chunk], list[TransferItem]]:
         """Pick up commits another writer made since this memory was opened, and return the
         committed chunk and transfer-item records; refuse to write over a manifest that no
-        longer matches them (before any stale folder is removed)."""
+        longer matches them. The writer (holding the lock) then removes stale folders."""
         latest = store.read_manifest(self.root)
         if latest.state != self._manifest.state:
             self._manifest = latest
@@ -396,7 +449,8 @@ class ParametricMemory:
         problems = records_disagreement(self._manifest, chunks, items)
         if problems:
             raise CorruptMemoryError(f"{self.root}: {problems[0]}; run `verify`")
-        store.remove_stale_states(self.root, self._manifest)
+        if writer:
+            store.remove_stale_states(self.root, self._manifest)
         return chunks, items
 
     # --- reading ------------------------------------------------------------------------
@@ -466,4 +520,18 @@ def _model_record(lm: LoadedModel) -> store.BaseModelRecord:
         model_type=str(config.model_type),
         vocab_size=int(config.vocab_size),
         hidden_size=int(config.hidden_size),
+    )
+
+
+def _record(
+    document: Document, shard: int, chunks: list[Chunk], items: list[TransferItem]
+) -> store.DocumentRecord:
+    return store.DocumentRecord(
+        content_hash=document.content_hash,
+        chunks=len(chunks),
+        tokens=sum(chunk.tokens for chunk in chunks),
+        transfer_items=len(items),
+        added_at=store.now(),
+        shard=shard,
+        metadata=document.metadata,
     )

@@ -160,7 +160,7 @@ def commit(
 ) -> Manifest:
     """Write a new state with `write_state(folder)` and make it current, atomically. The
     files of `unchanged_shards` are hard-linked from the current state, not rewritten."""
-    staging = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root))
+    staging = staging_folder(root)
     try:
         write_state(staging)
         carried = _link_shards(root, manifest, staging, unchanged_shards)
@@ -176,6 +176,11 @@ def commit(
     if manifest.state and manifest.state != name:
         shutil.rmtree(root / manifest.state, ignore_errors=True)
     return updated
+
+
+def staging_folder(root: Path) -> Path:
+    """A new folder for files not yet committed; the next writer removes it if left behind."""
+    return Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=root))
 
 
 def write_manifest(root: Path, manifest: Manifest) -> None:

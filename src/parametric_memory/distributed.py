@@ -1,0 +1,217 @@
+"""Ingest on several GPUs of one host: the same command, launched by `torchrun`, one process
+per GPU::
+
+    torchrun --nproc-per-node 4 -m parametric_memory.cli ingest ./docs --memory ./wiki
+
+Shards are independent (see `sharding.py`), so each process consolidates whole shards on its
+own GPU, and the memory is the one a single process would write, up to numerical noise.
+torch.distributed (gloo) carries only coordination: which state to start from, each
+process's results to rank 0, and the outcome. Rank 0 holds the memory's write lock
+throughout and commits every new document at once when all processes have finished, so a
+failure anywhere commits nothing. With `documents_per_shard=None` (one adapter) there is one
+shard and one process does all the work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from . import store
+from .chunking import Chunk
+from .config import MemoryConfig
+from .documents import Document
+from .elicit import TransferItem
+from .errors import ParametricMemoryError
+from .memory import IngestReport, ParametricMemory, ShardResult
+from .sharding import balance_shards, plan_shards
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class DistributedIngestError(ParametricMemoryError):
+    """A process of a multi-GPU ingest failed; nothing was committed."""
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def add_documents_distributed(
+    path: str | Path,
+    documents: Sequence[Document],
+    *,
+    config: MemoryConfig | None = None,
+    progress: bool = True,
+) -> IngestReport:
+    """Run in every process of a `torchrun` job: consolidate `documents` into the memory at
+    `path` (created with `config` if it does not exist), shards spread over the processes.
+    Every process returns the same report."""
+    started_here = not dist.is_initialized()
+    if started_here:
+        init_process_group()
+    try:
+        memory = _open_or_create(Path(path), config)
+        return _ingest(memory, list(documents), progress)
+    finally:
+        if started_here:
+            dist.destroy_process_group()
+
+
+def init_process_group() -> None:
+    """Join the torchrun job: pick this process's GPU, then join the (gloo) group."""
+    _use_local_gpu()
+    dist.init_process_group("gloo")
+
+
+def _use_local_gpu() -> None:
+    """Process i uses GPU i (modulo the GPUs there are: several processes may share one,
+    which keeps a GPU busy when one process's small steps cannot)."""
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+
+
+def _open_or_create(root: Path, config: MemoryConfig | None) -> ParametricMemory:
+    """Rank 0 opens the memory, creating it if needed; then the others open it."""
+    memory: list[ParametricMemory] = []
+
+    def open_on_rank_zero() -> None:
+        if (root / store.MANIFEST_FILE).exists():
+            memory.append(ParametricMemory.open(root))
+        else:
+            memory.append(ParametricMemory.create(root, config))
+
+    _on_rank_zero(open_on_rank_zero)
+    return memory[0] if memory else ParametricMemory.open(root)
+
+
+def _ingest(memory: ParametricMemory, documents: list[Document], progress: bool) -> IngestReport:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    with contextlib.ExitStack() as held_by_rank_zero:
+
+        def lock_and_stage() -> Path:
+            held_by_rank_zero.enter_context(store.write_lock(memory.root))
+            memory._refresh(writer=True)
+            staging = store.staging_folder(memory.root)
+            held_by_rank_zero.callback(shutil.rmtree, staging, ignore_errors=True)
+            return staging
+
+        staging = _on_rank_zero(lock_and_stage)
+        chunk_records, held_items = memory._refresh(writer=False)
+        report = IngestReport()
+        todo = memory._new_documents(documents, report)
+        held_chunks = {c.id: c for c in chunk_records}
+        plan = plan_shards(memory.documents, todo, memory.config.sharding.documents_per_shard)
+        mine = balance_shards(plan, world)[rank]
+        logger.info("rank %d of %d consolidates shards %s", rank, world, mine)
+        results, failure = _consolidate_shards(
+            memory, plan, mine, held_chunks, held_items, staging, progress and rank == 0
+        )
+        gathered: list | None = [None] * world if rank == 0 else None
+        dist.gather_object((results, failure), gathered, dst=0)
+
+        def commit() -> IngestReport:
+            failures = [f"rank {r}: {f}" for r, (_, f) in enumerate(gathered) if f]
+            if failures:
+                raise DistributedIngestError(
+                    f"{len(failures)} process(es) failed, nothing committed; {failures[0]}"
+                )
+            every_result = [result for shard_results, _ in gathered for result in shard_results]
+            _commit(memory, every_result, staging, held_chunks, held_items)
+            for document in todo:
+                record = memory.documents[document.id]
+                report.added.append(document.id)
+                report.chunks += record.chunks
+                report.transfer_items += record.transfer_items
+            return report
+
+        report = _on_rank_zero(commit)
+    if rank != 0:
+        memory._refresh(writer=False)  # pick up the commit
+    return report
+
+
+def _consolidate_shards(
+    memory: ParametricMemory,
+    plan: dict[int, list[Document]],
+    shards: list[int],
+    held_chunks: dict[str, Chunk],
+    held_items: list[TransferItem],
+    staging: Path,
+    progress: bool,
+) -> tuple[list[ShardResult], str | None]:
+    """This process's shards, or the error that stopped it (reported, not raised, so every
+    process still reaches the gather)."""
+    results = []
+    total = sum(len(plan[shard]) for shard in shards)
+    bar = tqdm(total=total, desc="consolidating on rank 0", unit="doc", disable=not progress)
+    try:
+        with bar:
+            for shard in shards:
+                results.append(
+                    memory._consolidate_shard(shard, plan[shard], held_chunks, held_items, staging)
+                )
+                bar.update(len(plan[shard]))
+    except Exception as error:  # any failure must reach rank 0's decision
+        logger.error("consolidation failed:\n%s", traceback.format_exc())
+        return [], f"{type(error).__name__}: {error}"
+    return results, None
+
+
+def _commit(
+    memory: ParametricMemory,
+    results: list[ShardResult],
+    staging: Path,
+    held_chunks: dict[str, Chunk],
+    held_items: list[TransferItem],
+) -> None:
+    """Commit every shard's new documents at once, in ingest order (shard by shard)."""
+    results = sorted(results, key=lambda result: result.shard)
+    documents = dict(memory.documents)
+    chunks = dict(held_chunks)
+    items = list(held_items)
+    for result in results:
+        documents.update(result.records)
+        chunks.update({chunk.id: chunk for chunk in result.chunks})
+        items.extend(result.items)
+    changed = {result.shard for result in results}
+
+    def write_state(folder: Path) -> None:
+        for shard in changed:
+            target = folder / store.shard_dir(shard)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(staging / store.shard_dir(shard), target)
+        memory._write_records(folder, chunks, items)
+
+    memory._commit_state(documents, changed, write_state)
+    logger.info("committed %d shard(s) from %d process(es)", len(changed), dist.get_world_size())
+
+
+def _on_rank_zero(action: Callable[[], T]) -> T:
+    """Run `action` on rank 0 and give every process its result, or raise its error on
+    every process (so none waits for a partner that gave up)."""
+    outcome: list = [None, None]
+    if dist.get_rank() == 0:
+        try:
+            outcome[0] = action()
+        except Exception as error:
+            outcome[1] = str(error)
+            dist.broadcast_object_list(outcome, src=0)
+            raise
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[1] is not None:
+        raise DistributedIngestError(f"rank 0: {outcome[1]}")
+    return outcome[0]

@@ -1,0 +1,42 @@
+"""Which adapter shard each new document goes into, and which process consolidates which
+shard when several GPUs share an ingest.
+
+Documents fill the newest shard up to `documents_per_shard`, then open a new one, in the
+order they are given. A shard's weights depend only on its own documents (and on the
+transfer items of the documents it already holds), so shards can be consolidated in
+parallel and give the memory one process would."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from .documents import Document
+from .store import DocumentRecord
+
+
+def plan_shards(
+    held: Mapping[str, DocumentRecord], new: Sequence[Document], per_shard: int | None
+) -> dict[int, list[Document]]:
+    """The new documents of each shard, in ingest order."""
+    newest = max((record.shard for record in held.values()), default=0)
+    filled = sum(record.shard == newest for record in held.values())
+    plan: dict[int, list[Document]] = {}
+    for document in new:
+        if per_shard is not None and filled >= per_shard:
+            newest, filled = newest + 1, 0
+        plan.setdefault(newest, []).append(document)
+        filled += 1
+    return plan
+
+
+def balance_shards(plan: Mapping[int, Sequence[Document]], workers: int) -> list[list[int]]:
+    """The shards each of `workers` consolidates: largest first, each to the least loaded
+    worker (by characters to ingest), so the slowest worker finishes as early as it can."""
+    loads = [0] * workers
+    assigned: list[list[int]] = [[] for _ in range(workers)]
+    by_size = sorted(plan, key=lambda shard: (-sum(len(d.text) for d in plan[shard]), shard))
+    for shard in by_size:
+        worker = loads.index(min(loads))
+        assigned[worker].append(shard)
+        loads[worker] += sum(len(d.text) for d in plan[shard])
+    return [sorted(shards) for shards in assigned]
