@@ -4,7 +4,9 @@ reported instead of being committed."""
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 
 import pytest
 import torch
@@ -13,9 +15,16 @@ from transformers import AutoTokenizer
 
 from parametric_memory import TrainingDivergedError, fast_distillation
 from parametric_memory.config import ConsolidationConfig
-from parametric_memory.consolidate import TrainingStats, _refuse_non_finite_weights, train_student
+from parametric_memory.consolidate import (
+    TrainingStats,
+    _distillation_loss,
+    _refuse_non_finite_weights,
+    train_student,
+)
+from parametric_memory.distillation import batches
 from parametric_memory.fast_distillation import capturable_adamw, collate, train_step
 from parametric_memory.models import LoadedModel
+from parametric_memory.optimizer import clip_and_step, set_learning_rate, warmup_then_linear_decay
 
 
 def student(model_dir, device: str = "cpu") -> LoadedModel:  # noqa: F811
@@ -82,23 +91,62 @@ def test_the_faster_step_skips_a_nan_step_too(model_dir):  # noqa: F811
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def eager_transformation(lm: LoadedModel, examples, config, rng) -> list[float]:
+    """`train_student`'s loop stepped eagerly with a fresh optimiser: the reference."""
+    params = [p for p in lm.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0, fused=True)
+    total = config.epochs * -(-len(examples) // config.batch_size)
+    schedule = warmup_then_linear_decay(total, config.warmup_ratio)
+    losses: list[float] = []
+    lm.model.train()
+    for _ in range(config.epochs):
+        order = examples[:]
+        rng.shuffle(order)
+        for batch in batches(order, config.batch_size):
+            set_learning_rate(optimizer, config.learning_rate * schedule(len(losses)))
+            loss = _distillation_loss(lm, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_and_step(optimizer, params, config.max_grad_norm)
+            losses.append(float(loss.detach()))
+    lm.model.eval()
+    return losses
+
+
 @CUDA
-def test_cuda_training_replays_its_graphs_across_transformations_and_matches_cpu(
+def test_cuda_training_reuses_its_graphs_across_transformations_like_a_fresh_trainer(
     model_dir,  # noqa: F811
 ):
     """On CUDA `train_student` steps through one graphed trainer per model, kept across
-    transformations with its optimiser reset: two transformations train like on the CPU."""
+    transformations with its optimiser reset: a second transformation (partial batches,
+    warm-up) trains exactly as with a new trainer, and the first like eager steps."""
     config = ConsolidationConfig(epochs=2, batch_size=4, learning_rate=1e-2, warmup_ratio=0.2)
-    on_cuda, on_cpu = student(model_dir, "cuda"), student(model_dir, "cpu")
-    trainers = []
-    for seed in (7, 8):
-        examples = random_examples(on_cpu.model, 10, seed=seed)
-        cuda_stats = train_student(on_cuda, examples, config, random.Random(seed))
-        cpu_stats = train_student(on_cpu, examples, config, random.Random(seed))
-        trainers.append(fast_distillation._TRAINERS[on_cuda.model])
-        assert cuda_stats.steps == cpu_stats.steps == 6
-        assert cuda_stats.last_loss == pytest.approx(cpu_stats.last_loss, rel=1e-3)
-    assert trainers[0] is trainers[1]
-    assert any(step.graph is not None for step in trainers[0]._steps.values())
-    for on_gpu, reference in zip(adapter_weights(on_cuda), adapter_weights(on_cpu), strict=True):
-        torch.testing.assert_close(on_gpu.cpu(), reference, rtol=1e-3, atol=1e-4)
+    kept, fresh, eager = (student(model_dir, "cuda") for _ in range(3))
+    first, second = (random_examples(eager.model, 10, seed=seed) for seed in (7, 8))
+    losses = eager_transformation(eager, first, config, random.Random(7))
+    for lm in (kept, fresh):
+        stats = train_student(lm, first, config, random.Random(7))
+        assert stats.steps == len(losses) == 6
+        assert stats.last_loss == pytest.approx(losses[-1], rel=2e-2)
+    trainer = fast_distillation.graphed_trainer(kept, adapter_params(kept), config)
+    assert any(step.graph is not None for step in trainer._steps.values())
+    fast_distillation.release_trainer(fresh.model)
+    train_student(kept, second, config, random.Random(8))
+    train_student(fresh, second, config, random.Random(8))
+    assert fast_distillation.graphed_trainer(kept, adapter_params(kept), config) is trainer
+    for ours, reference in zip(adapter_weights(kept), adapter_weights(fresh), strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_a_models_graphed_trainer_does_not_keep_the_model_alive(model_dir):  # noqa: F811
+    lm = student(model_dir)
+    trainer = fast_distillation.graphed_trainer(lm, adapter_params(lm), CONFIG)
+    assert fast_distillation.graphed_trainer(lm, adapter_params(lm), CONFIG) is trainer
+    model = weakref.ref(lm.model)
+    del lm, trainer
+    gc.collect()
+    assert model() is None
+
+
+def adapter_params(lm: LoadedModel) -> list[torch.nn.Parameter]:
+    return [p for p in lm.model.parameters() if p.requires_grad]
