@@ -445,9 +445,11 @@ def _load_result(path: Path) -> dict:
 
 
 def _comparable(setup: dict) -> dict:
-    """The setup less what may differ between parts: the data's path, the device."""
+    """The setup less what may differ between parts: the data's path, the device, and the
+    stream's checkpoints (only the one stream run evaluates them)."""
     config = {key: value for key, value in setup["config"].items() if key != "device"}
-    return {key: value for key, value in setup.items() if key != "data"} | {"config": config}
+    varying = {"data", "checkpoints"}
+    return {key: value for key, value in setup.items() if key not in varying} | {"config": config}
 
 
 def _question_key(record: dict) -> tuple[int, int]:
