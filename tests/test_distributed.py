@@ -143,3 +143,25 @@ def test_balancing_gives_every_shard_to_one_worker_largest_first(workers):
     assert sorted(s for shards in assigned for s in shards) == list(plan)
     loads = [sum(len(plan[s][0].text) for s in shards) for shards in assigned]
     assert max(loads) <= sum(loads) / workers + 60  # no worker above the mean by a shard
+
+
+def test_the_cli_under_torchrun_ingests_once_and_reports_once(tmp_path, tiny_model_dir):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in zip(IDS, TEXTS, strict=True):
+        (docs / f"{name}.txt").write_text(text)
+    memory = tmp_path / "memory"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    command += ["2", "-m", "parametric_memory.cli", "ingest", str(docs), "--memory", str(memory)]
+    command += ["--model", str(tiny_model_dir)]
+    outputs = []
+    for _ in range(2):  # the second run finds every document held
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs.append([line for line in done.stdout.splitlines() if line.startswith("added")])
+    assert len(outputs[0]) == 1  # rank 0 reports, rank 1 does not
+    assert outputs[0][0].startswith("added 5 document(s), skipped 0 already held; 5 chunk(s)")
+    assert outputs[1][0].startswith("added 0 document(s), skipped 5 already held")
+    held = ParametricMemory.open(memory)
+    assert sorted(held.documents) == sorted(f"{name}.txt" for name in IDS)
+    assert sorted({record.shard for record in held.documents.values()}) == [0, 1]
