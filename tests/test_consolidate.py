@@ -135,7 +135,7 @@ def test_cuda_training_reuses_its_graphs_across_transformations_like_a_fresh_tra
     train_student(fresh, second, config, random.Random(8))
     assert fast_distillation.graphed_trainer(kept, adapter_params(kept), config) is trainer
     for ours, reference in zip(adapter_weights(kept), adapter_weights(fresh), strict=True):
-        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-5)
 
 
 def test_a_models_graphed_trainer_does_not_keep_the_model_alive(model_dir):  # noqa: F811
