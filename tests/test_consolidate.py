@@ -19,6 +19,8 @@ from parametric_memory.consolidate import (
     TrainingStats,
     _distillation_loss,
     _refuse_non_finite_weights,
+    backward_in_length_groups,
+    length_groups,
     train_student,
 )
 from parametric_memory.distillation import batches
@@ -150,3 +152,32 @@ def test_a_models_graphed_trainer_does_not_keep_the_model_alive(model_dir):  # n
 
 def adapter_params(lm: LoadedModel) -> list[torch.nn.Parameter]:
     return [p for p in lm.model.parameters() if p.requires_grad]
+
+
+def test_backward_in_length_groups_gives_the_whole_batchs_gradient(model_dir):  # noqa: F811
+    lm = student(model_dir)
+    batch = random_examples(lm.model, 8, seed=9)
+    assert len(length_groups(batch)) > 1  # lengths 6-40: splitting pays
+    params = adapter_params(lm)
+    _distillation_loss(lm, batch).backward()
+    whole = [p.grad.clone() for p in params]
+    expected = float(_distillation_loss(lm, batch))
+    for p in params:
+        p.grad = None
+    loss = backward_in_length_groups(lm, batch)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    for grouped, reference in zip((p.grad for p in params), whole, strict=True):
+        torch.testing.assert_close(grouped, reference, rtol=1e-3, atol=1e-6)
+
+
+def test_length_groups_cut_off_an_outlier_and_keep_every_example_once(model_dir):  # noqa: F811
+    examples = random_examples(student(model_dir).model, 8, seed=10)
+    for example, length in zip(examples, [60, 62, 61, 63, 64, 60, 61, 260], strict=True):
+        example.student_ids = [5] * length
+    groups = length_groups(examples)
+    assert sorted(id(e) for g in groups for e in g) == sorted(id(e) for e in examples)
+    assert [len(e.student_ids) for e in groups[-1]] == [260]
+    similar = random_examples(student(model_dir).model, 8, seed=11)
+    for example in similar:
+        example.student_ids = [5] * 100
+    assert len(length_groups(similar)) == 1
