@@ -6,7 +6,9 @@ GPU under torchrun (`parametric_memory.distributed`), timed on rank 0.
 
 The JSON gives processes, GPUs, documents, shards, wall seconds of the whole ingest (model
 loading included, as a user waits for it), documents/s and rank 0's peak GPU memory.
-Beside the memory it writes quality.py's stream progress file, so that
+A memory that already holds a prefix of the sample gets the rest (so a long ingest can be
+split: --passages 500, then --passages 1048 on the same memory; rates count what each run
+added). Beside the memory it writes quality.py's stream progress file, so that
 
     python benchmarks/quality.py --n 100 --modes stream --stream-memory $S/memory-4 \\
         --checkpoints 100 --out $S/stream
@@ -41,30 +43,34 @@ def main() -> None:
     try:
         dist.barrier()
         started = time.perf_counter()
-        add_documents_distributed(
+        report = add_documents_distributed(
             args.memory, [Document(d["id"], d["text"]) for d in documents], config=config
         )
         dist.barrier()
         seconds = time.perf_counter() - started
         if dist.get_rank() == 0:
-            _write_results(args, documents, seconds)
+            _write_results(args, documents, len(report.added), seconds)
     finally:
         dist.destroy_process_group()
 
 
-def _write_results(args: argparse.Namespace, documents: list[dict], seconds: float) -> None:
+def _write_results(
+    args: argparse.Namespace, documents: list[dict], added: int, seconds: float
+) -> None:
     memory = ParametricMemory.open(args.memory, device="cpu")
     info = memory.info()
+    added_tokens = sum(memory.documents[d["id"]].tokens for d in documents[-added:]) if added else 0
     result = {
         "processes": dist.get_world_size(),
         "gpus": torch.cuda.device_count(),
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "documents": info.documents,
+        "added": added,
         "shards": info.shards,
         "tokens": info.tokens,
         "seconds": round(seconds, 2),
-        "documents_per_second": round(info.documents / seconds, 3),
-        "tokens_per_second": round(info.tokens / seconds, 1),
+        "documents_per_second": round(added / seconds, 3),
+        "tokens_per_second": round(added_tokens / seconds, 1),
         "adapter_bytes": info.adapter_bytes,
         "peak_gpu_bytes_rank0": torch.cuda.max_memory_reserved()
         if torch.cuda.is_available()
@@ -73,7 +79,7 @@ def _write_results(args: argparse.Namespace, documents: list[dict], seconds: flo
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
-    _write_stream_progress(args.memory, memory, documents, seconds)
+    _write_stream_progress(args.memory, memory, documents, seconds / max(1, added))
 
 
 def _peak_gpu_bytes() -> int:
@@ -81,15 +87,16 @@ def _peak_gpu_bytes() -> int:
 
 
 def _write_stream_progress(
-    folder: Path, memory: ParametricMemory, documents: list[dict], seconds: float
+    folder: Path, memory: ParametricMemory, documents: list[dict], seconds_per_document: float
 ) -> None:
-    """quality.py's record of a finished stream over `documents` (see its memory_streamed)."""
+    """quality.py's record of a finished stream over `documents` (see its memory_streamed),
+    each document credited with this run's wall seconds per added document."""
     info = memory.info()
     ingested = [
         {
             "doc_index": index,
             "doc_id": document["id"],
-            "seconds": round(seconds / len(documents), 3),
+            "seconds": round(seconds_per_document, 3),
             "tokens": memory.documents[document["id"]].tokens,
             "adapter_bytes": info.adapter_bytes,
         }
