@@ -165,3 +165,13 @@ def test_the_cli_under_torchrun_ingests_once_and_reports_once(tmp_path, tiny_mod
     held = ParametricMemory.open(memory)
     assert sorted(held.documents) == sorted(f"{name}.txt" for name in IDS)
     assert sorted({record.shard for record in held.documents.values()}) == [0, 1]
+
+
+def test_a_memory_locked_by_another_writer_stops_every_process(tmp_path, tiny_config):
+    path = tmp_path / "shared"
+    _torchrun(tmp_path, path, tiny_config, _batches((0, 1)))
+    with store.write_lock(path):  # another writer holds the memory
+        lines = _torchrun(tmp_path, path, tiny_config, _batches((1, 3)))
+    assert len(lines) == 2 and all(line.startswith("ERROR") for line in lines)
+    assert all("locked" in line for line in lines), lines
+    assert list(store.read_manifest(path).documents) == ["brindlewick"]
