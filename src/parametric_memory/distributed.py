@@ -190,10 +190,10 @@ def _commit(
     changed = {result.shard for result in results}
 
     def write_state(folder: Path) -> None:
-        for shard in changed:
+        for shard in changed:  # moved, not copied: staging is on the memory's filesystem
             target = folder / store.shard_dir(shard)
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(staging / store.shard_dir(shard), target)
+            os.replace(staging / store.shard_dir(shard), target)
         memory._write_records(folder, chunks, items)
 
     memory._commit_state(documents, changed, write_state)

@@ -242,6 +242,8 @@ class ParametricMemory:
         with store.write_lock(self.root):
             chunk_records, held_items = self._refresh()
             todo = self._new_documents(documents, report)
+            if not todo:
+                return report
             held_chunks = {c.id: c for c in chunk_records}
             per_shard = self.config.sharding.documents_per_shard
             plan = plan_shards(self._manifest.documents, todo, per_shard)
