@@ -154,8 +154,8 @@ class GraphedStudentTrainer:
         self._steps: dict[tuple[int, int], _StaticStep] = {}
         # One memory pool for every shape's graph: a step's activations and gradients live
         # only during its replay (its outputs are copied out at once), so graphs can reuse
-        # one another's memory. Without it each shape kept its own, ~0.5 GB each for the
-        # 135M model: 12-21 GB a process on an H200.
+        # one another's memory. Without it each shape kept its own pool: out-of-memory
+        # reports on an H200 put 12-21 GiB of a 135M-model process in graph pools.
         self._pool = torch.cuda.graph_pool_handle() if self.device.type == "cuda" else None
 
     def serves(
