@@ -1,4 +1,5 @@
-"""BM25 (the `bm25s` library) over a benchmark's passages, for the retrieval-augmented row."""
+"""BM25 (the `bm25s` library) over a benchmark's passages, for the retrieval-augmented row:
+the same words (stemmed, stopwords out) as the memory's router, so the two compare fairly."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from parametric_memory.routing import bm25s  # imported there without JAX grabbing the GPU
+# imported from the router, which imports bm25s without JAX grabbing the GPU
+from parametric_memory.routing import bm25s, tokenize
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
 
@@ -26,4 +28,4 @@ def rank_passages(passages: Sequence[str], queries: Sequence[str], k: int) -> li
 
 
 def _words(texts: Sequence[str]) -> list[list[str]]:
-    return bm25s.tokenize(list(texts), stopwords="en", return_ids=False, show_progress=False)
+    return tokenize(texts, return_ids=False)

@@ -51,6 +51,15 @@ def test_a_query_sharing_no_word_goes_to_the_newest_shard():
     assert router.shards_for(["xyzzy plugh"]) == [2]
 
 
+def test_the_router_matches_inflected_forms_of_a_word():
+    ferry = Chunk("ferry-0", "ferry", 0, "The old ferry crossed the river twice a day.", 9)
+    mill = Chunk("mill-0", "mill", 0, "A windmill stands beside the harbour wall.", 7)
+    # no word of the question appears as such in either chunk: only stems link it to the ferry
+    assert ShardRouter([ferry, mill], {"ferry": 0, "mill": 1}).shards_for(
+        ["Which ferries cross rivers?"]
+    ) == [0]
+
+
 @pytest.mark.parametrize(
     ("per_shard", "expected"), [(1, [0, 1, 2]), (2, [0, 0, 1]), (None, [0] * 3)]
 )

@@ -1,7 +1,8 @@
 """Query routing: which adapter shard holds what a question asks about.
 
 BM25 (the `bm25s` library) over the held chunks picks the shard of the best-matching chunk.
-Routing only chooses *weights*: no retrieved text ever enters the model's prompt.
+Words are Snowball-stemmed (PyStemmer), so "harvested" in a question matches "harvests" in a
+chunk. Routing only chooses *weights*: no retrieved text ever enters the model's prompt.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from collections.abc import Sequence
 from types import ModuleType
 
 import numpy as np
+import Stemmer
 
 from .chunking import Chunk
 
 _STOPWORDS = "en"
+_STEMMER = Stemmer.Stemmer("english")
 
 
 def _import_bm25s_without_jax() -> ModuleType:
@@ -45,7 +48,7 @@ class ShardRouter:
         self._index: bm25s.BM25 | None = None
         if self._chunks:
             self._index = bm25s.BM25()
-            self._index.index(_tokenize([c.text for c in self._chunks]), show_progress=False)
+            self._index.index(tokenize([c.text for c in self._chunks]), show_progress=False)
 
     def shards_for(self, queries: Sequence[str]) -> list[int]:
         """The shard of each query's best-matching chunk; the newest shard where no chunk
@@ -74,9 +77,16 @@ class ShardRouter:
         assert self._index is not None
         k = min(k, len(self._chunks))
         return self._index.retrieve(
-            _tokenize(list(queries)), k=k, show_progress=False, backend_selection="numpy"
+            tokenize(list(queries)), k=k, show_progress=False, backend_selection="numpy"
         )
 
 
-def _tokenize(texts: list[str]):
-    return bm25s.tokenize(texts, stopwords=_STOPWORDS, show_progress=False)
+def tokenize(texts: Sequence[str], *, return_ids: bool = True):
+    """Lower-cased, stemmed words less English stopwords, as bm25s indexes and queries them."""
+    return bm25s.tokenize(
+        list(texts),
+        stopwords=_STOPWORDS,
+        stemmer=_STEMMER.stemWords,
+        return_ids=return_ids,
+        show_progress=False,
+    )
