@@ -53,8 +53,19 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--questions-per-doc", type=int, default=5)
     parser.add_argument("--chunk-tokens", type=int, default=256)
-    parser.add_argument("--quality", type=Path, help="quality.json with memory/stream records")
+    parser.add_argument(
+        "--quality",
+        type=Path,
+        nargs="+",
+        help="quality.json with memory/stream records (then others of the same sample, "
+        "for memory/doc and in-prompt)",
+    )
     parser.add_argument("--per-shard", type=int, default=4, help="documents per shard there")
+    parser.add_argument(
+        "--stemmed-routing",
+        action="store_true",
+        help="that stream was asked with stemmed routing (code from 63ab707 on)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/routing"))
     return parser.parse_args()
 
@@ -102,21 +113,25 @@ def _plain_words(texts):
     return bm25s.tokenize(list(texts), stopwords="en", show_progress=False)
 
 
-def stream_split(path: Path, documents: list[dict], args, count_tokens) -> dict:
-    """memory/stream and memory/doc accuracy on questions the (unstemmed, as when that stream
-    was asked) router sent to the right shard and to a wrong one."""
-    result = json.loads(path.read_text())
-    setup = result["setup"]
+def stream_split(paths: list[Path], documents: list[dict], args, count_tokens) -> dict:
+    """memory/stream (and memory/doc, where the file has it) accuracy on questions the router,
+    with the words that stream was asked with, sent to the right shard and to a wrong one."""
+    results = [json.loads(path.read_text()) for path in paths]
+    setup = results[0]["setup"]
     sample = sample_documents(documents, setup["n"], setup["seed"], setup["questions_per_doc"])
-    passage_of_chunk, ranked = _rank(sample, count_tokens, False, args.chunk_tokens, k=1)
+    passage_of_chunk, ranked = _rank(
+        sample, count_tokens, args.stemmed_routing, args.chunk_tokens, k=1
+    )
     routed = [passage_of_chunk[row[0]] // args.per_shard for row in ranked]
     keys = [
         (i, j) for i, document in enumerate(sample) for j, _ in enumerate(document["questions"])
     ]
-    by_mode = {
-        mode: {(r["doc_index"], r["question_index"]): r["contains"] for r in records}
-        for mode, records in result["records"].items()
-    }
+    by_mode: dict[str, dict] = {}
+    for result in results:
+        for mode, records in result["records"].items():
+            by_mode.setdefault(
+                mode, {(r["doc_index"], r["question_index"]): r["contains"] for r in records}
+            )
     split = {}
     for label, right in (("routed right", True), ("routed wrong", False)):
         picked = [
@@ -127,7 +142,12 @@ def stream_split(path: Path, documents: list[dict], args, count_tokens) -> dict:
             for mode in ("stream", "doc", "in-prompt")
             if mode in by_mode
         }
-    return {"quality": str(path), "per_shard": args.per_shard} | split
+    words = "stemmed" if args.stemmed_routing else "plain"
+    return {
+        "quality": " + ".join(map(str, paths)),
+        "per_shard": args.per_shard,
+        "words": words,
+    } | split
 
 
 def render_markdown(result: dict) -> str:
@@ -146,7 +166,8 @@ def render_markdown(result: dict) -> str:
     if split:
         lines += [
             "",
-            f"Split of `{split['quality']}` (shards of {split['per_shard']}, plain words):",
+            f"Split of `{split['quality']}`",
+            f"(shards of {split['per_shard']}, routed with {split['words']} words):",
             "",
             "| questions | count | memory/stream | memory/doc | in-prompt |",
             "|---|---|---|---|---|",
@@ -154,7 +175,7 @@ def render_markdown(result: dict) -> str:
         for label in ("routed right", "routed wrong"):
             row = split[label]
             cells = " | ".join(
-                f"{row.get(m, float('nan')):.1%}" for m in ("stream", "doc", "in-prompt")
+                f"{row[m]:.1%}" if m in row else "" for m in ("stream", "doc", "in-prompt")
             )
             lines.append(f"| {label} | {row['questions']} | {cells} |")
     return "\n".join(lines) + "\n"

