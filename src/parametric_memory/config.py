@@ -89,7 +89,9 @@ class ConsolidationConfig(_Config):
     replay_ratio: float = Field(8.0, ge=0.0, le=64.0)
     """Earlier transfer items of the same shard mixed into each transformation, as a multiple
     of the new items' count (capped by what the shard holds: with 4 documents a shard, 8
-    replays all of it). 0 disables rehearsal and lets new documents overwrite old ones."""
+    replays all of it). With a shard per document (the default) it replays a long
+    document's earlier transformations (`chunks_per_transformation` chunks each). 0
+    disables rehearsal and lets new chunks or documents overwrite old ones."""
     teacher_top_k: int = Field(64, ge=1, le=100_000)
     """Teacher distribution kept per answer token: the top-k probabilities plus the tail mass.
     Computed once per item and reused across epochs."""
