@@ -72,9 +72,7 @@ def _write_results(
         "documents_per_second": round(added / seconds, 3),
         "tokens_per_second": round(added_tokens / seconds, 1),
         "adapter_bytes": info.adapter_bytes,
-        "peak_gpu_bytes_rank0": torch.cuda.max_memory_reserved()
-        if torch.cuda.is_available()
-        else 0,
+        "peak_gpu_bytes_rank0": _peak_gpu_bytes(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

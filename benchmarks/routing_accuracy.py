@@ -23,6 +23,7 @@ from common import load_documents
 from quality import SQUAD, sample_documents
 
 from parametric_memory.chunking import chunk_document
+from parametric_memory.config import ChunkingConfig
 from parametric_memory.models import converted_default_model
 from parametric_memory.routing import bm25s, tokenize
 
@@ -52,7 +53,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--n", type=int, nargs="+", default=[10, 100, 1048])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--questions-per-doc", type=int, default=5)
-    parser.add_argument("--chunk-tokens", type=int, default=256)
+    parser.add_argument("--chunk-tokens", type=int, default=ChunkingConfig().chunk_tokens)
     parser.add_argument(
         "--quality",
         type=Path,
