@@ -87,14 +87,21 @@ def answer_logits(model, sequences: list[list[int]], answer_lens: list[int], pad
         input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
     ).logits
     # Position t predicts token t+1: the answer's logits are the keep-1 positions before the end.
-    logits = logits[:, :-1]
-    longest = keep - 1
-    answer_mask = torch.zeros((len(sequences), longest), dtype=torch.bool, device=device)
-    aligned = torch.zeros_like(logits)
-    for row, length in enumerate(answer_lens):
-        aligned[row, :length] = logits[row, longest - length :]
-        answer_mask[row, :length] = True
-    return aligned, answer_mask
+    return _left_aligned(logits[:, :-1], answer_lens)
+
+
+def _left_aligned(
+    logits: torch.Tensor, answer_lens: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-aligned answer logits [batch, longest, vocab] moved to the left of each row, and
+    the mask of the real positions (the rest repeat the row's last position)."""
+    longest = logits.shape[1]
+    lens = torch.tensor(answer_lens, device=logits.device)
+    steps = torch.arange(longest, device=logits.device)
+    answer_mask = steps[None, :] < lens[:, None]
+    source = (longest - lens[:, None] + steps[None, :]).clamp(max=longest - 1)
+    index = source[:, :, None].expand(-1, -1, logits.shape[-1])
+    return logits.gather(1, index), answer_mask
 
 
 def answer_targets(sequences: list[list[int]], answer_lens: list[int]) -> torch.Tensor:
@@ -132,6 +139,7 @@ def _teacher_batch(lm, prefix_cache, prefix_len: int, batch: list[Example], top_
     ids = torch.full((len(batch), width), lm.tokenizer.pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(batch), prefix_len + width), dtype=torch.long)
     mask[:, :prefix_len] = 1
+    ends = torch.tensor([len(e.teacher_suffix_ids) for e in batch])
     for row, example in enumerate(batch):
         ids[row, : len(example.teacher_suffix_ids)] = torch.tensor(example.teacher_suffix_ids)
         mask[row, prefix_len : prefix_len + len(example.teacher_suffix_ids)] = 1
@@ -145,16 +153,24 @@ def _teacher_batch(lm, prefix_cache, prefix_len: int, batch: list[Example], top_
         past_key_values=cache,
         use_cache=True,
     ).logits
+    lens = [e.answer_len for e in batch]
+    # Each row's answer ends its suffix; right-align rows on their suffix ends, then take
+    # the answers (position t predicts token t+1, so logits end one before the suffix).
+    tail = max(lens) + 1
+    source = (torch.arange(width)[None, :] - (width - ends[:, None])).clamp(min=0).to(device)
+    source = source[:, -tail:]
+    aligned = logits.gather(1, source[:, :-1, None].expand(-1, -1, logits.shape[-1]))
+    answer_logits_, answer_mask = _left_aligned(aligned, lens)
+    targets, _ = _left_aligned(ids.to(device).gather(1, source[:, 1:])[:, :, None], lens)
+    logprobs = torch.log_softmax(answer_logits_.float(), dim=-1)
+    values, indices = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
+    token_nll = -logprobs.gather(-1, targets).squeeze(-1) * answer_mask
+    nll = token_nll.sum(-1) / answer_mask.sum(-1)
+    values, indices, nll = values.cpu(), indices.cpu(), nll.cpu().tolist()
     for row, example in enumerate(batch):
-        end = len(example.teacher_suffix_ids)
-        # Position t predicts token t+1: the answer's logits end one before the suffix does.
-        answer_logits_ = logits[row, end - example.answer_len - 1 : end - 1]
-        logprobs = torch.log_softmax(answer_logits_.float(), dim=-1)
-        targets = ids[row, end - example.answer_len : end].to(device)
-        values, indices = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
-        example.topk_logprobs = values.cpu()
-        example.topk_ids = indices.cpu()
-        example.teacher_nll = float(-logprobs.gather(-1, targets[:, None]).mean())
+        example.topk_logprobs = values[row, : example.answer_len].clone()
+        example.topk_ids = indices[row, : example.answer_len].clone()
+        example.teacher_nll = nll[row]
 
 
 @torch.inference_mode()
@@ -164,10 +180,10 @@ def student_nll(lm: LoadedModel, examples: list[Example], batch_size: int) -> li
     result: list[float] = []
     for batch in batches(examples, batch_size):
         lens = [e.answer_len for e in batch]
-        logits, _ = answer_logits(lm.model, [e.student_ids for e in batch], lens, pad)
+        logits, mask = answer_logits(lm.model, [e.student_ids for e in batch], lens, pad)
         targets = answer_targets([e.student_ids for e in batch], lens).to(logits.device)
         nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
-        result.extend(float(nll[row, :length].mean()) for row, length in enumerate(lens))
+        result.extend(((nll * mask).sum(-1) / mask.sum(-1)).cpu().tolist())
     return result
 
 
@@ -177,7 +193,15 @@ def topk_kl_loss(
     topk_logprobs: torch.Tensor,
     mask: torch.Tensor,
 ) -> torch.Tensor:
-    """KL(teacher ‖ student) per answer token, averaged over unmasked tokens.
+    """KL(teacher ‖ student) per answer token, averaged over unmasked tokens."""
+    per_token = topk_kl_per_token(student_logits, topk_ids, topk_logprobs) * mask
+    return per_token.sum() / mask.sum().clamp(min=1)
+
+
+def topk_kl_per_token(
+    student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor
+) -> torch.Tensor:
+    """KL(teacher ‖ student) at each position.
 
     The teacher is known on its top-k tokens plus one "tail" bucket holding the rest of its
     mass; the student's distribution is folded into the same k+1 buckets. With k equal to the
@@ -191,8 +215,7 @@ def topk_kl_loss(
     student_tail = (1.0 - student_top.exp().sum(-1)).clamp(min=_EPS)
     kl_top = (teacher_p * (teacher_top - student_top)).sum(-1)
     kl_tail = teacher_tail * (teacher_tail.clamp(min=_EPS).log() - student_tail.log())
-    per_token = (kl_top + kl_tail) * mask
-    return per_token.sum() / mask.sum().clamp(min=1)
+    return kl_top + kl_tail
 
 
 def batches(items: list, size: int) -> Iterator[list]:
