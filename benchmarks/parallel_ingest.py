@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ from parametric_memory.memory import ParametricMemory
 
 def main() -> None:
     args = _parse_args()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     documents = sample_documents(load_documents(args.data), args.passages, args.seed, 0)
     config = args.memory_config
     init_process_group()
@@ -67,6 +69,7 @@ def _write_results(
         "documents": info.documents,
         "added": added,
         "shards": info.shards,
+        "sharding": args.memory_config.sharding.model_dump(),
         "tokens": info.tokens,
         "seconds": round(seconds, 2),
         "documents_per_second": round(added / seconds, 3),
@@ -115,6 +118,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--config", default="{}", help="MemoryConfig as JSON, or a JSON file")
     parser.add_argument("--memory", type=Path, required=True, help="a new memory folder")
     parser.add_argument("--out", type=Path, required=True, help="JSON results (rank 0)")
+    parser.add_argument("--verbose", action="store_true", help="log each transformation")
     args = parser.parse_args()
     args.memory_config = _memory_config(parser, args.config, args.model, args.device)
     if os.environ.get("WORLD_SIZE") is None:

@@ -73,8 +73,22 @@ def _weights(memory: ParametricMemory) -> dict[int, dict[str, torch.Tensor]]:
     return {s: load_file(store.shard_weights(memory.root, manifest, s)) for s in shards}
 
 
-def test_two_processes_write_the_memory_one_process_writes(tmp_path, tiny_config):
-    config = tiny_config.model_copy(update={"sharding": ShardingConfig(documents_per_shard=2)})
+@pytest.mark.parametrize(
+    "sharding",
+    [
+        ShardingConfig(documents_per_shard=2),
+        # A shard per document, consolidated two at a time, grouped differently by one and by
+        # two processes: the weights then differ by rounding (the tolerance of
+        # test_parallel_shards.py).
+        ShardingConfig(documents_per_shard=1, shards_in_parallel=2),
+    ],
+    ids=["two-per-shard", "together"],
+)
+def test_two_processes_write_the_memory_one_process_writes(tmp_path, tiny_config, sharding):
+    tolerance = {"rtol": 1e-4, "atol": 1e-6}
+    if sharding.shards_in_parallel:
+        tolerance = {"rtol": 1e-3, "atol": 2e-4}
+    config = tiny_config.model_copy(update={"sharding": sharding})
     alone = ParametricMemory.create(tmp_path / "alone", config)
     for batch in _batches((0, 3), (3, 5)):  # the second batch first fills shard 1
         ids, texts = zip(*batch, strict=True)
@@ -91,7 +105,7 @@ def test_two_processes_write_the_memory_one_process_writes(tmp_path, tiny_config
     expected = _weights(alone)
     for shard, weights in _weights(shared).items():
         for key, tensor in weights.items():
-            torch.testing.assert_close(tensor, expected[shard][key], rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(tensor, expected[shard][key], **tolerance)
     assert shared.ask_batch(["How long is the Teskel bridge?"]) == alone.ask_batch(
         ["How long is the Teskel bridge?"]
     )

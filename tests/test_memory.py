@@ -20,6 +20,7 @@ from parametric_memory import (
     ParametricMemory,
     store,
 )
+from parametric_memory.config import ChunkingConfig
 from parametric_memory.verify import verify_memory
 
 DOCS = [
@@ -230,3 +231,16 @@ def test_cli_wrong_model_is_a_clean_error(tmp_path):
     )
     assert result.returncode == 1 and "cannot load model" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_document_longer_than_one_transformation_replays_its_own_chunks(tmp_path, tiny_config):
+    """The second transformation replays items of the first one's chunks (a KeyError once)."""
+    long = " ".join(f"Sentence {i} says the Orsk ferry sails at {i} o'clock." for i in range(12))
+    consolidation = tiny_config.consolidation.model_copy(update={"chunks_per_transformation": 1})
+    config = tiny_config.model_copy(
+        update={"consolidation": consolidation, "chunking": ChunkingConfig(chunk_tokens=64)}
+    )
+    memory = ParametricMemory.create(tmp_path / "mem", config)
+    report = memory.add_documents([long], ids=["long"], progress=False)
+    assert memory.documents["long"].chunks > 1 and report.transfer_items > 0
+    assert verify_memory(memory.root) == []

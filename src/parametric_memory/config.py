@@ -113,6 +113,13 @@ class ShardingConfig(_Config):
     (4 per shard: 81%) at 19.6 MB of adapter per document with the default model (4 per
     shard: a quarter of that). None keeps every document in a single adapter (plain
     streaming, protected by replay alone)."""
+    shards_in_parallel: int | None = Field(None, ge=1, le=1024)
+    """New shards consolidated at once when each holds a single document that fits one
+    memory transformation (the default sharding, short documents): every document trains
+    its own slot of a stacked adapter in one shared batch, and they are committed together.
+    A small model's GPU step is bound by kernel launches, so many documents cost little more
+    than one. None: 32 on CUDA, 1 (one at a time, each committed alone) elsewhere, where
+    the step is bound by arithmetic instead."""
 
 
 class MemoryConfig(_Config):

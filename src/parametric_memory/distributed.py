@@ -4,7 +4,9 @@ per GPU::
     torchrun --nproc-per-node 4 -m parametric_memory.cli ingest ./docs --memory ./wiki
 
 Shards are independent (see `sharding.py`), so each process consolidates whole shards on its
-own GPU, and the memory is the one a single process would write, up to numerical noise.
+own GPU (fresh one-document shards several at a time, as one process would:
+`ShardingConfig.shards_in_parallel`), and the memory is the one a single process would
+write, up to numerical noise.
 torch.distributed (gloo) carries only coordination: which state to start from, each
 process's results to rank 0, and the outcome. Rank 0 holds the memory's write lock
 throughout and commits every new document at once when all processes have finished, so a
@@ -130,7 +132,8 @@ def _ingest(memory: ParametricMemory, documents: list[Document], progress: bool)
                     f"{len(failures)} process(es) failed, nothing committed; {failures[0]}"
                 )
             every_result = [result for shard_results, _ in gathered for result in shard_results]
-            _commit(memory, every_result, staging, held_chunks, held_items)
+            memory._commit_results(every_result, staging, held_chunks, held_items)
+            logger.info("committed %d shard(s) from %d process(es)", len(every_result), world)
             for document in todo:
                 record = memory.documents[document.id]
                 report.added.append(document.id)
@@ -160,44 +163,21 @@ def _consolidate_shards(
     bar = tqdm(total=total, desc="consolidating on rank 0", unit="doc", disable=not progress)
     try:
         with bar:
-            for shard in shards:
-                results.append(
-                    memory._consolidate_shard(shard, plan[shard], held_chunks, held_items, staging)
-                )
-                bar.update(len(plan[shard]))
+            for together, group in memory._work_order(plan, shards):
+                if together:
+                    results += memory._consolidate_together(plan, group, staging)
+                else:
+                    shard = group[0]
+                    results.append(
+                        memory._consolidate_shard(
+                            shard, plan[shard], held_chunks, held_items, staging
+                        )
+                    )
+                bar.update(sum(len(plan[shard]) for shard in group))
     except Exception as error:  # any failure must reach rank 0's decision
         logger.error("consolidation failed:\n%s", traceback.format_exc())
         return [], f"{type(error).__name__}: {error}"
     return results, None
-
-
-def _commit(
-    memory: ParametricMemory,
-    results: list[ShardResult],
-    staging: Path,
-    held_chunks: dict[str, Chunk],
-    held_items: list[TransferItem],
-) -> None:
-    """Commit every shard's new documents at once, in ingest order (shard by shard)."""
-    results = sorted(results, key=lambda result: result.shard)
-    documents = dict(memory.documents)
-    chunks = dict(held_chunks)
-    items = list(held_items)
-    for result in results:
-        documents.update(result.records)
-        chunks.update({chunk.id: chunk for chunk in result.chunks})
-        items.extend(result.items)
-    changed = {result.shard for result in results}
-
-    def write_state(folder: Path) -> None:
-        for shard in changed:  # moved, not copied: staging is on the memory's filesystem
-            target = folder / store.shard_dir(shard)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging / store.shard_dir(shard), target)
-        memory._write_records(folder, chunks, items)
-
-    memory._commit_state(documents, changed, write_state)
-    logger.info("committed %d shard(s) from %d process(es)", len(changed), dist.get_world_size())
 
 
 def _on_rank_zero(action: Callable[[], T]) -> T:

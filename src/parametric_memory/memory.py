@@ -6,7 +6,9 @@ store, and answers each question with the weights of the shard its router picks.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +36,8 @@ from .errors import (
 from .generation import generate, stream
 from .models import LoadedModel, load_model
 from .routing import ShardRouter
-from .sharding import plan_shards
-from .transformation import retrain, transform
+from .sharding import group_shards, plan_shards
+from .transformation import retrain, transform, transform_fresh_documents
 from .verify import record_problems, records_disagreement
 
 logger = logging.getLogger(__name__)
@@ -219,8 +221,10 @@ class ParametricMemory:
         *,
         progress: bool = True,
     ) -> IngestReport:
-        """Consolidate documents into the memory, committing after each one. Documents whose
-        content is already held are skipped; an id held with other content is refused."""
+        """Consolidate documents into the memory, committing after each one (after each
+        group, for fresh shards consolidated together: `ShardingConfig.shards_in_parallel`).
+        Documents whose content is already held are skipped; an id held with other content
+        is refused."""
         documents = make_documents(texts, ids)
         if metadatas is not None:
             if len(metadatas) != len(documents):
@@ -249,13 +253,104 @@ class ParametricMemory:
             plan = plan_shards(self._manifest.documents, todo, per_shard)
             bar = tqdm(total=len(todo), desc="consolidating", unit="doc", disable=not progress)
             with bar:
-                for shard, shard_documents in plan.items():
-                    self._activate(shard)
-                    for document in shard_documents:
+                for together, shards in self._work_order(plan, list(plan)):
+                    if together:
+                        self._add_together(plan, shards, held_chunks, held_items, report)
+                        bar.update(len(shards))
+                        continue
+                    self._activate(shards[0])
+                    for document in plan[shards[0]]:
                         bar.set_postfix_str(document.id[:30])
-                        self._add_document(document, shard, held_chunks, held_items, report)
+                        self._add_document(document, shards[0], held_chunks, held_items, report)
                         bar.update()
         return report
+
+    def _work_order(
+        self, plan: dict[int, list[Document]], shards: list[int]
+    ) -> list[tuple[bool, list[int]]]:
+        """`shards` grouped as `sharding.group_shards` does: fresh shards of one document
+        that fits one transformation are consolidated together, the others one by one."""
+        width = self.config.sharding.shards_in_parallel
+        if width is None:
+            width = 32 if self._lm.device.type == "cuda" else 1
+        limit = self.config.consolidation.chunks_per_transformation
+
+        def fits_together(shard: int) -> bool:
+            documents = plan[shard]
+            return (
+                len(documents) == 1
+                and store.shard_weights(self.root, self._manifest, shard) is None
+                and len(self._chunk(documents[0])) <= limit
+            )
+
+        return group_shards(shards, fits_together, width)
+
+    def _add_together(
+        self,
+        plan: dict[int, list[Document]],
+        shards: list[int],
+        held_chunks: dict[str, Chunk],
+        held_items: list[TransferItem],
+        report: IngestReport,
+    ) -> None:
+        """Consolidate fresh one-document `shards` at once and commit them together."""
+        staging = store.staging_folder(self.root)
+        try:
+            results = self._consolidate_together(plan, shards, staging)
+            self._commit_results(results, staging, held_chunks, held_items)
+            self._active_shard = shards[-1]  # the adapter holds its committed weights
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        for result in results:
+            for document_id in result.records:
+                report.count(document_id, result.chunks, result.items)
+
+    def _consolidate_together(
+        self, plan: dict[int, list[Document]], shards: list[int], folder: Path
+    ) -> list[ShardResult]:
+        """Consolidate each of `shards` (fresh, one document each) into its own slot of a
+        stacked adapter at once, and save each shard's weights under `folder`, committing
+        nothing."""
+        config = self.config
+        documents = [plan[shard][0] for shard in shards]
+        chunks = [self._chunk(document) for document in documents]
+        rngs = [random.Random(f"{config.seed}:{d.content_hash}") for d in documents]
+        self._active_shard = None  # the adapter is about to hold uncommitted weights
+        reset_adapter(self._lm, config.seed)
+        outcomes, slots = transform_fresh_documents(self._lm, chunks, config, rngs)
+        results = []
+        for slot, (shard, document) in enumerate(zip(shards, documents, strict=True)):
+            slots.copy_to_adapter(slot)
+            self._lm.model.save_pretrained(folder / store.shard_dir(shard))
+            selected = outcomes[slot].selected
+            record = _record(document, shard, chunks[slot], selected)
+            results.append(ShardResult(shard, {document.id: record}, chunks[slot], selected))
+        return results
+
+    def _commit_results(
+        self,
+        results: list[ShardResult],
+        staging: Path,
+        held_chunks: dict[str, Chunk],
+        held_items: list[TransferItem],
+    ) -> None:
+        """Commit every shard's new documents at once, in shard order, with the weights
+        saved under `staging`; `held_chunks` and `held_items` take in the new records."""
+        documents = dict(self._manifest.documents)
+        for result in sorted(results, key=lambda result: result.shard):
+            documents.update(result.records)
+            held_chunks.update({chunk.id: chunk for chunk in result.chunks})
+            held_items.extend(result.items)
+        changed = {result.shard for result in results}
+
+        def write_state(folder: Path) -> None:
+            for shard in changed:  # moved, not copied: staging is on the memory's filesystem
+                target = folder / store.shard_dir(shard)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / store.shard_dir(shard), target)
+            self._write_records(folder, held_chunks, held_items)
+
+        self._commit_state(documents, changed, write_state)
 
     def _add_document(
         self,
@@ -327,23 +422,28 @@ class ParametricMemory:
         documents = self._manifest.documents
         return [i for i in items if documents[chunks[i.chunk_id].document_id].shard == shard]
 
+    def _chunk(self, document: Document) -> list[Chunk]:
+        tokenizer = self._lm.tokenizer
+        return chunk_document(
+            document.id,
+            document.content_hash,
+            document.text,
+            self.config.chunking.chunk_tokens,
+            lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+        )
+
     def _consolidate(
         self, document: Document, held_chunks: dict[str, Chunk], held_items: list[TransferItem]
     ) -> tuple[list[Chunk], list[TransferItem]]:
         config = self.config
-        tokenizer = self._lm.tokenizer
-        chunks = chunk_document(
-            document.id,
-            document.content_hash,
-            document.text,
-            config.chunking.chunk_tokens,
-            lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
-        )
+        chunks = self._chunk(document)
         rng = random.Random(f"{config.seed}:{document.content_hash}")
         items: list[TransferItem] = []
+        # A later transformation replays items of this document's earlier chunks too.
+        known_chunks = {**held_chunks, **{chunk.id: chunk for chunk in chunks}}
         try:
             for group in batches(chunks, config.consolidation.chunks_per_transformation):
-                result = transform(self._lm, group, held_items + items, held_chunks, config, rng)
+                result = transform(self._lm, group, held_items + items, known_chunks, config, rng)
                 items.extend(result.selected)
         except BaseException:
             # Nothing of this document was committed: the adapter no longer matches disk.

@@ -8,7 +8,7 @@ parallel and give the memory one process would."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from .documents import Document
 from .store import DocumentRecord
@@ -40,3 +40,20 @@ def balance_shards(plan: Mapping[int, Sequence[Document]], workers: int) -> list
         assigned[worker].append(shard)
         loads[worker] += sum(len(d.text) for d in plan[shard])
     return [sorted(shards) for shards in assigned]
+
+
+def group_shards(
+    shards: Sequence[int], fits_together: Callable[[int], bool], width: int
+) -> list[tuple[bool, list[int]]]:
+    """The order to consolidate `shards` in: runs of shards that `fits_together` in groups of
+    up to `width`, marked True (consolidated at once), and every other shard alone, marked
+    False. Ingest order is kept."""
+    groups: list[tuple[bool, list[int]]] = []
+    for shard in shards:
+        together = width > 1 and fits_together(shard)
+        last = groups[-1] if groups else None
+        if together and last is not None and last[0] and len(last[1]) < width:
+            last[1].append(shard)
+        else:
+            groups.append((together, [shard]))
+    return groups

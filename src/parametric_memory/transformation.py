@@ -10,6 +10,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .adapter_slots import AdapterSlots
 from .chunking import Chunk
 from .config import MemoryConfig
 from .consolidate import TrainingStats, train_student
@@ -18,6 +21,7 @@ from .elicit import TransferItem, elicit_transfer_set
 from .models import LoadedModel
 from .replay import sample_replay
 from .select import select_items
+from .slot_training import train_slots
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +47,15 @@ def transform(
     clock = _Clock()
     items = elicit_transfer_set(lm, chunks, config.elicitation)
     clock.lap("elicit")
-    examples = _with_teacher_targets(lm, items, known_chunks, config)
-    gaps = _perplexity_gaps(lm, examples, config)
+    batch = config.consolidation.batch_size
+    examples = _with_teacher_targets(lm, items, known_chunks, config, batch)
+    gaps = _perplexity_gaps(lm, examples, batch)
     chosen = select_items(items, gaps, config.selection)
     selected = [replace(items[i], perplexity_gap=gaps[i]) for i in chosen]
     clock.lap("select")
     replay = sample_replay(held_items, len(selected), config.consolidation.replay_ratio, rng)
     training_set = [examples[i] for i in chosen]
-    training_set += _with_teacher_targets(lm, replay, known_chunks, config)
+    training_set += _with_teacher_targets(lm, replay, known_chunks, config, batch)
     clock.lap("replay targets")
     stats = train_student(lm, training_set, config.consolidation, rng)
     clock.lap("consolidate")
@@ -65,6 +70,83 @@ def transform(
     return TransformationResult(selected, len(items), len(replay), stats)
 
 
+_INFERENCE_ROWS = 64
+"""Rows of one teacher or perplexity pass when documents are transformed together."""
+
+
+_ATTENTION_WITHOUT_CUDNN = [
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.MATH,
+]
+"""cuDNN's attention builds a graph for every new shape on the CPU (~1.7 ms a layer on an H200
+host): with a new padded width at every pass, that was a third of a training step."""
+
+
+@sdpa_kernel(_ATTENTION_WITHOUT_CUDNN)
+def transform_fresh_documents(
+    lm: LoadedModel,
+    documents: Sequence[Sequence[Chunk]],
+    config: MemoryConfig,
+    rngs: Sequence[random.Random],
+) -> tuple[list[TransformationResult], AdapterSlots]:
+    """`transform` of several documents at once, each (all its chunks) into its own fresh
+    adapter: one slot of the returned `AdapterSlots` per document. Elicitation and the
+    teacher run over all of their chunks in large batches; selection is per document. The
+    model's own adapter must be fresh (it is the student of the perplexity gaps). Each slot
+    is what `transform` would give its document alone, up to batch-composition rounding."""
+    chunks = [chunk for document in documents for chunk in document]
+    width = len(documents)
+    clock = _Clock()
+    batch = min(1024, config.elicitation.generation_batch_size * width)
+    items = elicit_transfer_set(
+        lm, chunks, config.elicitation.model_copy(update={"generation_batch_size": batch})
+    )
+    clock.lap("elicit")
+    batch = _INFERENCE_ROWS
+    examples = _with_teacher_targets(lm, items, {c.id: c for c in chunks}, config, batch)
+    gaps = _perplexity_gaps(lm, examples, batch)
+    document_of = {chunk.id: i for i, document in enumerate(documents) for chunk in document}
+    owners = [document_of[item.chunk_id] for item in items]
+    chosen = [
+        _select_among(items, gaps, [i for i, owner in enumerate(owners) if owner == doc], config)
+        for doc in range(width)
+    ]
+    clock.lap("select")
+    slots = AdapterSlots(lm, width)
+    training = [[examples[i] for i in picked] for picked in chosen]
+    stats = train_slots(lm, slots, training, config.consolidation, rngs)
+    clock.lap("consolidate")
+    logger.info(
+        "T of %d documents together: %d chunks, %d items elicited, %d kept; %s",
+        width,
+        len(chunks),
+        len(items),
+        sum(len(picked) for picked in chosen),
+        clock,
+    )
+    results = [
+        TransformationResult(
+            [replace(items[i], perplexity_gap=gaps[i]) for i in picked],
+            owners.count(doc),
+            0,
+            stat,
+        )
+        for doc, (picked, stat) in enumerate(zip(chosen, stats, strict=True))
+    ]
+    return results, slots
+
+
+def _select_among(
+    items: list[TransferItem], gaps: list[float], candidates: list[int], config: MemoryConfig
+) -> list[int]:
+    """Selection over `candidates` (indices of one document's items) alone."""
+    kept = select_items(
+        [items[i] for i in candidates], [gaps[i] for i in candidates], config.selection
+    )
+    return [candidates[position] for position in kept]
+
+
 def retrain(
     lm: LoadedModel,
     items: Sequence[TransferItem],
@@ -73,9 +155,8 @@ def retrain(
     rng: random.Random,
 ) -> TrainingStats:
     """Consolidate already-selected items into the (fresh) adapter, all together."""
-    return train_student(
-        lm, _with_teacher_targets(lm, items, chunks, config), config.consolidation, rng
-    )
+    examples = _with_teacher_targets(lm, items, chunks, config, config.consolidation.batch_size)
+    return train_student(lm, examples, config.consolidation, rng)
 
 
 class _Clock:
@@ -93,14 +174,17 @@ class _Clock:
 
 
 def _with_teacher_targets(
-    lm: LoadedModel, items: Sequence[TransferItem], chunks: dict[str, Chunk], config: MemoryConfig
+    lm: LoadedModel,
+    items: Sequence[TransferItem],
+    chunks: dict[str, Chunk],
+    config: MemoryConfig,
+    batch_size: int,
 ) -> list[Example]:
     examples = tokenize_items(lm, items, chunks)
-    consolidation = config.consolidation
-    compute_teacher_targets(lm, examples, consolidation.teacher_top_k, consolidation.batch_size)
+    compute_teacher_targets(lm, examples, config.consolidation.teacher_top_k, batch_size)
     return examples
 
 
-def _perplexity_gaps(lm: LoadedModel, examples: list[Example], config: MemoryConfig) -> list[float]:
-    without_chunk = student_nll(lm, examples, config.consolidation.batch_size)
+def _perplexity_gaps(lm: LoadedModel, examples: list[Example], batch_size: int) -> list[float]:
+    without_chunk = student_nll(lm, examples, batch_size)
     return [nll - e.teacher_nll for nll, e in zip(without_chunk, examples, strict=True)]

@@ -25,10 +25,11 @@ class ParametricMemoryTransform(TransformComponent):
 
     Each node with text becomes one memory document (id: the node id; metadata: the
     node's scalar metadata as strings, plus `ref_doc_id`); the memory commits after each
-    one, so an interrupted run keeps what it finished. Text the memory already holds is
-    skipped, so re-running a pipeline (even with fresh node ids) consolidates only what is
-    new. A node id the memory holds with other text is replaced (`on_conflict="replace"`:
-    delete, which retrains the adapter, then add) or refused (`"error"`).
+    one (each group of up to 32 on a GPU), so an interrupted run keeps what it finished.
+    Text the memory already holds is skipped, so re-running a pipeline (even with fresh node
+    ids) consolidates only what is new. A node id the memory holds with other text is
+    replaced (`on_conflict="replace"`: delete, which retrains the adapter, then add) or
+    refused (`"error"`).
 
     Pipeline cache: the cache key hashes the nodes and this transform's serialised fields,
     which include the memory's path and a hash of the documents it holds, so a cached run

@@ -1,0 +1,13 @@
+#!/bin/bash
+# One GPU: the first $1 of the 1,048 squad-dev passages (quality.py's seed-0 order) ingested
+# by one process into /root/res/m1048 (a second call with 1048 adds the rest).
+source .gpu/b/setup.sh > /dev/null 2>&1
+R=/root/res; mkdir -p $R/logs $R/p5; T0=$(date +%s)
+cd benchmarks
+C='{"sharding":{"documents_per_shard":1}}'
+timeout 540 python3 -m torch.distributed.run --standalone --nproc-per-node 1 parallel_ingest.py --verbose \
+  --data ../.gpu/b/squad-dev.jsonl --passages $1 --config "$C" --memory $R/m1048 --out $R/p5/ingest-to-$1.json > $R/logs/ingest-$1.log 2>&1
+echo "ingest $(( $(date +%s) - T0 )) s"; cat $R/p5/ingest-to-$1.json; grep "documents together" $R/logs/ingest-$1.log | cut -c64-250 | head -30
+tr '\r' '\n' < $R/logs/ingest-$1.log | grep consolidating | tail -1; grep -E "Error" $R/logs/ingest-$1.log | head -3 | cut -c1-300
+df -h /root | tail -1
+cd /root/res && tar czf $OUT/p5.tgz p5 logs

@@ -1,0 +1,116 @@
+"""Several independent LoRA adapters in one model, trained in one batch: slot k's weights act
+only on the rows of slot k. Used to consolidate many fresh one-document shards at once,
+which on a GPU costs little more than one (a small model's step is bound by kernel launches,
+not arithmetic).
+
+The slots live in one [slots, n] float32 tensor, so the optimiser, clipping and checks are a
+few whole-tensor operations. During a forward pass the peft adapter is switched off and a
+hook on each adapted base layer adds the updates of a range of slots, rows grouped by slot:
+
+    y[slot k rows] = W x + scaling * (dropout(x) A_k) B_k
+
+which is peft's LoRA forward with slot k's weights, computed in the activations' dtype
+(peft computes it in float32: for hundreds of rows its float32 copies of every layer's
+input took tens of GB of a GPU). `copy_to_adapter(k)` writes slot k into the peft adapter,
+so it is saved and loaded like any adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora import LoraLayer
+
+from .generation import adapter_disabled
+from .models import LoadedModel
+
+_ADAPTER = "default"
+
+
+class AdapterSlots:
+    """`slots` copies of `lm`'s LoRA adapter, each starting from its current weights."""
+
+    def __init__(self, lm: LoadedModel, slots: int):
+        if slots < 1:
+            raise ValueError(f"need at least one adapter slot, got {slots}")
+        self.model = lm.model
+        self.slots = slots
+        self._layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
+        if not self._layers:
+            raise ValueError(f"{lm.name} has no LoRA adapter to copy into slots")
+        self._shapes: list[tuple[int, int, int]] = []  # (in, rank, out) of each layer
+        pieces = []
+        for layer in self._layers:
+            a, b = _lora_weights(layer)  # [rank, in], [out, rank]
+            self._shapes.append((a.shape[1], a.shape[0], b.shape[0]))
+            pieces += [a.detach().t().reshape(-1), b.detach().t().reshape(-1)]
+        initial = torch.cat(pieces).float()
+        self.weights = initial.expand(slots, -1).clone().requires_grad_(True)
+        """[slots, n]: per layer, A as [in, rank] then B as [rank, out], flattened."""
+        self._sizes = [size for i, r, o in self._shapes for size in (i * r, r * o)]
+        self._views: list[torch.Tensor] = []
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        """Inside, the model computes with the slots (rows grouped by slot, the same number
+        of rows for each) instead of its own adapter."""
+        hooks = [
+            layer.get_base_layer().register_forward_hook(self._hook(index, layer))
+            for index, layer in enumerate(self._layers)
+        ]
+        try:
+            with adapter_disabled(self.model):
+                yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self._views = []
+
+    def refresh(self, first: int = 0, end: int | None = None) -> None:
+        """Use slots `first` to `end` (all by default) in the next forward pass, whose rows
+        are theirs, grouped by slot; call once per pass, so backward gathers every layer's
+        gradient into `weights.grad` in one piece."""
+        parts = self.weights[first:end].split(self._sizes, dim=1)
+        self._views = []
+        for index, (fan_in, rank, fan_out) in enumerate(self._shapes):
+            self._views.append(parts[2 * index].unflatten(1, (fan_in, rank)))
+            self._views.append(parts[2 * index + 1].unflatten(1, (rank, fan_out)))
+
+    def _hook(self, index: int, layer: LoraLayer):
+        scaling = layer.scaling[_ADAPTER]
+        dropout = layer.lora_dropout[_ADAPTER]
+        dropout_p = dropout.p if isinstance(dropout, torch.nn.Dropout) else 0.0
+
+        def add_slot_updates(module, args, output):
+            x = args[0]
+            a = self._views[2 * index].to(x.dtype)
+            b = self._views[2 * index + 1].to(x.dtype)
+            x = x.reshape(a.shape[0], -1, a.shape[1])
+            if dropout_p and module.training:
+                x = F.dropout(x, dropout_p)
+            update = torch.bmm(torch.bmm(x, a), b).reshape(output.shape) * scaling
+            return output + update.to(output.dtype)
+
+        return add_slot_updates
+
+    @torch.no_grad()
+    def copy_to_adapter(self, slot: int) -> None:
+        """Write slot `slot`'s weights into the model's own (peft) adapter."""
+        parts = self.weights[slot].split(self._sizes)
+        for index, (layer, (fan_in, rank, fan_out)) in enumerate(
+            zip(self._layers, self._shapes, strict=True)
+        ):
+            a, b = _lora_weights(layer)
+            a.copy_(parts[2 * index].view(fan_in, rank).t())
+            b.copy_(parts[2 * index + 1].view(rank, fan_out).t())
+
+    def finite(self) -> torch.Tensor:
+        """[slots] bool: whether every weight of each slot is finite."""
+        return torch.isfinite(self.weights.detach()).all(dim=1)
+
+
+def _lora_weights(layer: LoraLayer) -> tuple[torch.Tensor, torch.Tensor]:
+    return layer.lora_A[_ADAPTER].weight, layer.lora_B[_ADAPTER].weight

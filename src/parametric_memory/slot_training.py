@@ -1,0 +1,235 @@
+"""Consolidation of several fresh adapters at once: each slot of `AdapterSlots` is trained on
+its own document's examples exactly as `consolidate.train_student` would train it alone —
+the same shuffled batches (from the document's own random generator), learning-rate
+schedule, gradient clipping and AdamW — but every slot's batch goes through the model in
+one forward and backward pass. A slot with fewer steps than the others sits out the rest
+with empty rows and no update."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .adapter_slots import AdapterSlots
+from .config import ConsolidationConfig
+from .consolidate import TrainingStats
+from .distillation import Example, batches, topk_kl_per_token
+from .errors import TrainingDivergedError
+from .fast_distillation import collate
+from .models import LoadedModel
+from .optimizer import warmup_then_linear_decay
+
+logger = logging.getLogger(__name__)
+
+
+def train_slots(
+    lm: LoadedModel,
+    slots: AdapterSlots,
+    examples: Sequence[list[Example]],
+    config: ConsolidationConfig,
+    rngs: Sequence[random.Random],
+) -> list[TrainingStats]:
+    """Epochs of KL distillation, slot k on `examples[k]` shuffled by `rngs[k]`."""
+    if not len(examples) == len(rngs) == slots.slots:
+        raise ValueError(f"{slots.slots} slots need as many example lists and generators")
+    plans = [_shuffled_batches(ex, config, rng) for ex, rng in zip(examples, rngs, strict=True)]
+    schedules = [warmup_then_linear_decay(len(plan), config.warmup_ratio) for plan in plans]
+    optimizer = SlotAdamW(slots.weights)
+    device = slots.weights.device
+    losses, skips = [], []
+    with slots.attached():
+        lm.model.train()
+        try:
+            for step in range(max(len(plan) for plan in plans)):
+                rows = [plan[step] if step < len(plan) else [] for plan in plans]
+                rates = [
+                    config.learning_rate * schedule(step) if step < len(plan) else 0.0
+                    for plan, schedule in zip(plans, schedules, strict=True)
+                ]
+                loss = _slot_losses(lm, slots, rows, config.batch_size)
+                active = torch.tensor([bool(r) for r in rows], device=device)
+                rate = torch.tensor(rates, dtype=torch.float32, device=device)
+                skips.append(optimizer.step(rate, active, config.max_grad_norm))
+                losses.append(loss.detach())
+        finally:
+            lm.model.eval()
+    stats = _stats(plans, losses, skips)
+    _refuse_non_finite_slots(slots, stats)
+    return stats
+
+
+def _shuffled_batches(
+    examples: list[Example], config: ConsolidationConfig, rng: random.Random
+) -> list[list[Example]]:
+    """The batches `train_student` would step through, in its order."""
+    plan = []
+    for _ in range(config.epochs):
+        order = examples[:]
+        rng.shuffle(order)
+        plan.extend(batches(order, config.batch_size))
+    return plan
+
+
+_PASS_TOKENS = 32_768
+"""Most padded tokens in one forward and backward pass: a step's slots are cut into passes
+of contiguous slots under this budget (and `_PASS_LOGITS`), which bounds activation memory
+(the default model on an H200: 77k tokens in one pass peaked at 87 GB allocated, a whole
+N = 100 ingest at this budget at 60 GB reserved); each slot's gradient comes whole from its
+own pass. Larger passes were not faster: the step is bound by its padded tokens."""
+_PASS_LOGITS = 4_000_000_000
+"""Most answer logits (rows x answer positions x vocabulary) in one pass: 8 GB in bfloat16."""
+_KL_ROWS = 8
+"""Rows whose float32 log-softmax is computed at a time; recomputed in backward, so only
+the model's logits are kept."""
+
+
+def _slot_losses(
+    lm: LoadedModel, slots: AdapterSlots, rows: list[list[Example]], rows_per_slot: int
+) -> torch.Tensor:
+    """[slots] mean KL per answer token of each slot's batch (0 for an empty one); the
+    gradient is accumulated into `slots.weights.grad`, one pass of slots at a time."""
+    if not any(rows):
+        raise ValueError("a step needs at least one example")
+    losses = []
+    vocabulary = lm.model.get_output_embeddings().weight.shape[0]
+    for first, end in _passes(rows, rows_per_slot, vocabulary):
+        loss = _pass_losses(lm, slots, rows[first:end], rows_per_slot, first)
+        loss.sum().backward()
+        losses.append(loss.detach())
+    return torch.cat(losses)
+
+
+def _passes(
+    rows: list[list[Example]], rows_per_slot: int, vocabulary: int
+) -> list[tuple[int, int]]:
+    """Contiguous ranges of slots, each as many as fit the budgets of one pass."""
+    passes, first, width, answer = [], 0, 1, 1
+    for slot, slot_rows in enumerate(rows):
+        new_width = max([width] + [len(e.student_ids) for e in slot_rows])
+        new_answer = max([answer] + [e.answer_len for e in slot_rows])
+        count = (slot - first + 1) * rows_per_slot
+        too_big = count * new_width > _PASS_TOKENS or (
+            count * new_answer * vocabulary > _PASS_LOGITS
+        )
+        if too_big and slot > first:
+            passes.append((first, slot))
+            first = slot
+            new_width = max([1] + [len(e.student_ids) for e in slot_rows])
+            new_answer = max([1] + [e.answer_len for e in slot_rows])
+        width, answer = new_width, new_answer
+    passes.append((first, len(rows)))
+    return passes
+
+
+def _pass_losses(
+    lm: LoadedModel,
+    slots: AdapterSlots,
+    rows: list[list[Example]],
+    rows_per_slot: int,
+    first: int,
+) -> torch.Tensor:
+    padded: list[Example | None] = []
+    for slot_rows in rows:
+        padded += slot_rows + [None] * (rows_per_slot - len(slot_rows))
+    if all(row is None for row in padded):  # every slot of this pass is idle
+        return torch.zeros(len(rows), device=slots.weights.device, requires_grad=True)
+    batch = collate(padded, lm.tokenizer.pad_token_id, slots.weights.device)
+    slots.refresh(first, first + len(rows))
+    longest = batch.answer_mask.shape[1]
+    logits = lm.model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        logits_to_keep=longest + 1,
+    ).logits
+    # Position t predicts token t+1: drop the last position's prediction.
+    per_token = _kl_in_pieces(logits[:, :-1], batch.topk_ids, batch.topk_logprobs)
+    mask = batch.answer_mask.reshape(len(rows), -1)
+    total = (per_token.reshape(len(rows), -1) * mask).sum(dim=1)
+    return total / mask.sum(dim=1).clamp(min=1)
+
+
+def _kl_in_pieces(
+    logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor
+) -> torch.Tensor:
+    pieces = [
+        checkpoint(
+            topk_kl_per_token,
+            logits[start : start + _KL_ROWS],
+            topk_ids[start : start + _KL_ROWS],
+            topk_logprobs[start : start + _KL_ROWS],
+            use_reentrant=False,
+        )
+        for start in range(0, logits.shape[0], _KL_ROWS)
+    ]
+    return torch.cat(pieces)
+
+
+class SlotAdamW:
+    """AdamW (no weight decay, torch's betas and eps) over a [slots, n] tensor, each slot
+    with its own learning rate and step count. Gradients are clipped per slot, and a slot
+    that is idle this step or whose gradient is not finite is left exactly as it was, as
+    fused AdamW leaves its weights when it finds an inf."""
+
+    def __init__(self, weights: torch.Tensor, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.weights, self.betas, self.eps = weights, betas, eps
+        self.exp_avg = torch.zeros_like(weights, dtype=torch.float32)
+        self.exp_avg_sq = torch.zeros_like(weights, dtype=torch.float32)
+        self.steps = torch.zeros(weights.shape[0], dtype=torch.float32, device=weights.device)
+
+    @torch.no_grad()
+    def step(self, rate: torch.Tensor, active: torch.Tensor, max_grad_norm: float) -> torch.Tensor:
+        """Update every active slot with its `rate`; returns [slots] 1.0 where an active
+        slot's step was skipped (gradient not finite). No host sync."""
+        grad = self.weights.grad
+        norm = grad.float().norm(dim=1)
+        finite = torch.isfinite(norm)
+        moving = (finite & active).float()
+        clip = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0) * moving
+        grad = torch.where(moving[:, None] > 0, grad * clip[:, None], 0.0)
+        beta1, beta2 = self.betas
+        self.steps += moving
+        steps = self.steps.clamp(min=1.0)
+        self.exp_avg.lerp_(grad, ((1 - beta1) * moving)[:, None])
+        self.exp_avg_sq.lerp_(grad * grad, ((1 - beta2) * moving)[:, None])
+        step_size = rate * moving / (1 - beta1**steps)
+        denom = (self.exp_avg_sq.sqrt() / (1 - beta2**steps).sqrt()[:, None]).add_(self.eps)
+        self.weights.addcdiv_(self.exp_avg * step_size[:, None], denom, value=-1.0)
+        self.weights.grad = None
+        return (active & ~finite).float()
+
+
+def _stats(
+    plans: list[list[list[Example]]], losses: list[torch.Tensor], skips: list[torch.Tensor]
+) -> list[TrainingStats]:
+    if not losses:
+        return [TrainingStats(0, 0.0, 0.0) for _ in plans]
+    # One host-device sync at the end instead of one per step.
+    loss_table = torch.stack(losses).cpu().tolist()  # [steps][slots]
+    skipped = torch.stack(skips).sum(dim=0).cpu().tolist()
+    stats = []
+    for slot, plan in enumerate(plans):
+        if not plan:
+            stats.append(TrainingStats(0, 0.0, 0.0))
+            continue
+        first, last = loss_table[0][slot], loss_table[len(plan) - 1][slot]
+        stats.append(TrainingStats(len(plan), first, last, int(skipped[slot])))
+    return stats
+
+
+def _refuse_non_finite_slots(slots: AdapterSlots, stats: list[TrainingStats]) -> None:
+    """A slot whose weights training left NaN/inf is never committed: stop the whole group."""
+    finite = slots.finite().cpu().tolist()
+    if all(finite):
+        return
+    bad = [slot for slot, ok in enumerate(finite) if not ok]
+    worst = stats[bad[0]]
+    raise TrainingDivergedError(
+        f"distillation diverged in {len(bad)} of {slots.slots} documents trained together "
+        f"(loss {worst.first_loss:.3g} -> {worst.last_loss:.3g}); nothing of them was "
+        "committed. Lower consolidation.learning_rate"
+    )

@@ -1,0 +1,175 @@
+"""Fresh one-document shards consolidated at once, each in its own slot of a stacked adapter,
+give the memory that consolidating them one by one gives (up to rounding)."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+import torch
+from test_consolidate import CUDA, adapter_weights, student
+from test_distributed import IDS, TEXTS, _records, _weights
+from test_fast_generation import model_dir, random_examples  # noqa: F401
+
+from parametric_memory import ParametricMemory, slot_training
+from parametric_memory import memory as memory_module
+from parametric_memory.adapter_slots import AdapterSlots
+from parametric_memory.config import ChunkingConfig, ConsolidationConfig, ShardingConfig
+from parametric_memory.consolidate import train_student
+from parametric_memory.sharding import group_shards
+from parametric_memory.slot_training import _passes, train_slots
+from parametric_memory.verify import verify_memory
+
+CONFIG = ConsolidationConfig(epochs=2, batch_size=3, learning_rate=1e-2)
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+def _restore(lm, weights: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for param, saved in zip(adapter_weights_refs(lm), weights, strict=True):
+            param.copy_(saved)
+
+
+def adapter_weights_refs(lm) -> list[torch.nn.Parameter]:
+    return [p for p in lm.model.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("passes", ["one pass", "a pass per slot"])
+def test_each_slot_trains_as_its_document_would_alone(
+    model_dir,  # noqa: F811
+    device,
+    passes,
+    monkeypatch,
+):
+    if passes == "a pass per slot":
+        monkeypatch.setattr(slot_training, "_PASS_TOKENS", 1)
+    lm = student(model_dir, device)
+    documents = [random_examples(lm.model, n, seed=s) for n, s in ((5, 1), (7, 2), (2, 3))]
+    start = adapter_weights(lm)
+    slots = AdapterSlots(lm, 3)
+    together = train_slots(lm, slots, documents, CONFIG, [random.Random(i) for i in range(3)])
+    assert [stats.steps for stats in together] == [4, 6, 2]  # 2 epochs of ceil(n / 3)
+    for slot, examples in enumerate(documents):
+        _restore(lm, start)
+        alone = train_student(lm, examples, CONFIG, random.Random(slot))
+        expected = adapter_weights(lm)
+        slots.copy_to_adapter(slot)
+        moved = max((e - s).abs().max() for e, s in zip(expected, start, strict=True))
+        assert moved > 1e-3  # training did change the adapter
+        for actual, wanted in zip(adapter_weights(lm), expected, strict=True):
+            torch.testing.assert_close(actual, wanted, rtol=1e-3, atol=2e-4)
+        assert together[slot].first_loss == pytest.approx(alone.first_loss, rel=1e-4)
+        assert together[slot].last_loss == pytest.approx(alone.last_loss, rel=1e-3)
+
+
+def test_a_slot_whose_gradient_is_not_finite_keeps_its_weights(model_dir):  # noqa: F811
+    lm = student(model_dir)
+    documents = [random_examples(lm.model, 2, seed=s) for s in (1, 2)]
+    for example in documents[1]:
+        example.topk_logprobs = torch.full_like(example.topk_logprobs, float("nan"))
+    slots = AdapterSlots(lm, 2)
+    start = slots.weights.detach().clone()
+    stats = train_slots(lm, slots, documents, CONFIG, [random.Random(0), random.Random(1)])
+    assert stats[0].skipped_steps == 0 and stats[1].skipped_steps == stats[1].steps == 2
+    assert torch.equal(slots.weights[1], start[1])
+    assert not torch.equal(slots.weights[0], start[0])
+
+
+def test_an_empty_document_sits_out_while_the_others_train(model_dir):  # noqa: F811
+    lm = student(model_dir)
+    slots = AdapterSlots(lm, 2)
+    start = slots.weights.detach().clone()
+    documents = [[], random_examples(lm.model, 3, seed=4)]
+    stats = train_slots(lm, slots, documents, CONFIG, [random.Random(0), random.Random(1)])
+    assert stats[0].steps == 0 and stats[1].steps == 2
+    assert torch.equal(slots.weights[0], start[0])
+
+
+def test_runs_of_shards_that_fit_are_grouped_up_to_the_width():
+    fits = {1, 2, 3, 5, 6}.__contains__
+    assert group_shards([1, 2, 3, 4, 5, 6], fits, 2) == [
+        (True, [1, 2]),
+        (True, [3]),
+        (False, [4]),
+        (True, [5, 6]),
+    ]
+    assert group_shards([1, 2, 4], fits, 1) == [(False, [1]), (False, [2]), (False, [4])]
+
+
+LONG = " ".join(f"Sentence {i} says the Orsk ferry sails at {i} o'clock." for i in range(12))
+
+
+def test_a_memory_ingested_together_is_the_one_ingested_one_by_one(tmp_path, tiny_config, caplog):
+    def memory(name: str, width: int) -> ParametricMemory:
+        config = tiny_config.model_copy(
+            update={
+                "sharding": ShardingConfig(documents_per_shard=1, shards_in_parallel=width),
+                "consolidation": tiny_config.consolidation.model_copy(
+                    update={"chunks_per_transformation": 1}
+                ),
+                "chunking": ChunkingConfig(chunk_tokens=64),
+            }
+        )
+        return ParametricMemory.create(tmp_path / name, config)
+
+    texts, ids = [*TEXTS[:3], LONG, *TEXTS[3:]], [*IDS[:3], "long", *IDS[3:]]
+    alone, together = memory("alone", 1), memory("together", 2)
+    caplog.set_level(logging.INFO, logger="parametric_memory.transformation")
+    for held in (alone, together):
+        report = held.add_documents(texts[:1], ids=ids[:1], progress=False)
+        report = held.add_documents(texts[1:], ids=ids[1:], progress=False)
+        assert report.added == ids[1:]
+    grouped = [r.getMessage() for r in caplog.records if "documents together" in r.message]
+    assert len(grouped) == 3 and "T of 2 documents together" in grouped[1]
+    assert together.documents["long"].chunks > 1  # consolidated alone, between two groups
+    assert {d: r.shard for d, r in together.documents.items()} == {
+        d: r.shard for d, r in alone.documents.items()
+    }
+    for name in ("chunks.jsonl", "transfer_set.jsonl"):
+        assert _records(together, name) == _records(alone, name)
+    expected = _weights(alone)
+    for shard, weights in _weights(together).items():
+        for key, tensor in weights.items():
+            torch.testing.assert_close(tensor, expected[shard][key], rtol=1e-3, atol=2e-4)
+    question = ["How long is the Teskel bridge?"]
+    assert together.ask_batch(question) == alone.ask_batch(question)
+    reopened = ParametricMemory.open(tmp_path / "together")
+    assert reopened.ask_batch(question) == alone.ask_batch(question)
+
+
+def test_a_failing_group_commits_nothing_of_itself_and_keeps_the_groups_before(
+    tmp_path, tiny_config, monkeypatch
+):
+    config = tiny_config.model_copy(
+        update={"sharding": ShardingConfig(documents_per_shard=1, shards_in_parallel=2)}
+    )
+    memory = ParametricMemory.create(tmp_path / "mem", config)
+    real = memory_module.transform_fresh_documents
+    calls = []
+
+    def fails_the_second_time(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("crash during consolidation")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(memory_module, "transform_fresh_documents", fails_the_second_time)
+    with pytest.raises(RuntimeError, match="crash"):
+        memory.add_documents(TEXTS[:4], ids=IDS[:4], progress=False)
+    assert list(ParametricMemory.open(memory.root).documents) == IDS[:2]
+    assert verify_memory(memory.root) == []
+    leftovers = [p.name for p in memory.root.iterdir() if p.name.startswith(".incoming-")]
+    assert leftovers == []
+
+
+def test_passes_cut_a_step_where_the_budget_runs_out(model_dir, monkeypatch):  # noqa: F811
+    lm = student(model_dir)
+    examples = random_examples(lm.model, 6, seed=7)
+    width = max(len(e.student_ids) for e in examples)
+    monkeypatch.setattr(slot_training, "_PASS_TOKENS", 2 * 2 * width)  # two slots of 2 rows
+    rows = [examples[0:2], examples[2:4], [], examples[4:6]]
+    assert _passes(rows, 2, vocabulary=10) == [(0, 2), (2, 4)]
+    monkeypatch.setattr(slot_training, "_PASS_LOGITS", 1)
+    assert _passes(rows, 2, vocabulary=10) == [(0, 1), (1, 2), (2, 3), (3, 4)]
