@@ -16,7 +16,7 @@ from parametric_memory import ParametricMemory, slot_training
 from parametric_memory import memory as memory_module
 from parametric_memory.adapter_slots import AdapterSlots
 from parametric_memory.config import ChunkingConfig, ConsolidationConfig, ShardingConfig
-from parametric_memory.consolidate import train_student
+from parametric_memory.consolidate import train_student, training_batches
 from parametric_memory.sharding import group_shards
 from parametric_memory.slot_training import _passes, train_slots
 from parametric_memory.verify import verify_memory
@@ -36,24 +36,28 @@ def adapter_weights_refs(lm) -> list[torch.nn.Parameter]:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("passes", ["one pass", "a pass per slot"])
+@pytest.mark.parametrize(
+    "passes, grouped", [("one pass", False), ("a pass per slot", False), ("one pass", True)]
+)
 def test_each_slot_trains_as_its_document_would_alone(
     model_dir,  # noqa: F811
     device,
     passes,
+    grouped,
     monkeypatch,
 ):
     if passes == "a pass per slot":
         monkeypatch.setattr(slot_training, "_PASS_TOKENS", 1)
+    config = CONFIG.model_copy(update={"length_grouped_batches": grouped})
     lm = student(model_dir, device)
     documents = [random_examples(lm.model, n, seed=s) for n, s in ((5, 1), (7, 2), (2, 3))]
     start = adapter_weights(lm)
     slots = AdapterSlots(lm, 3)
-    together = train_slots(lm, slots, documents, CONFIG, [random.Random(i) for i in range(3)])
+    together = train_slots(lm, slots, documents, config, [random.Random(i) for i in range(3)])
     assert [stats.steps for stats in together] == [4, 6, 2]  # 2 epochs of ceil(n / 3)
     for slot, examples in enumerate(documents):
         _restore(lm, start)
-        alone = train_student(lm, examples, CONFIG, random.Random(slot))
+        alone = train_student(lm, examples, config, random.Random(slot))
         expected = adapter_weights(lm)
         slots.copy_to_adapter(slot)
         moved = max((e - s).abs().max() for e, s in zip(expected, start, strict=True))
@@ -173,3 +177,16 @@ def test_passes_cut_a_step_where_the_budget_runs_out(model_dir, monkeypatch):  #
     assert _passes(rows, 2, vocabulary=10) == [(0, 2), (2, 4)]
     monkeypatch.setattr(slot_training, "_PASS_LOGITS", 1)
     assert _passes(rows, 2, vocabulary=10) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+def test_length_grouped_batches_go_short_to_long_then_back(model_dir):  # noqa: F811
+    lm = student(model_dir)
+    examples = random_examples(lm.model, 7, seed=9)
+    config = CONFIG.model_copy(update={"length_grouped_batches": True})
+    plan = training_batches(examples, config, random.Random(0))
+    widths = [max(len(e.student_ids) for e in batch) for batch in plan]
+    assert len(plan) == 6 and widths[:3] == sorted(widths[:3])  # 2 epochs of 3 batches
+    assert widths[3:] == sorted(widths[3:], reverse=True)
+    lengths = sorted(len(e.student_ids) for e in examples)
+    assert sorted(len(e.student_ids) for e in plan[0]) == lengths[:3]
+    assert {id(e) for batch in plan[:3] for e in batch} == {id(e) for e in examples}

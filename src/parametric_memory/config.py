@@ -95,6 +95,12 @@ class ConsolidationConfig(_Config):
     teacher_top_k: int = Field(64, ge=1, le=100_000)
     """Teacher distribution kept per answer token: the top-k probabilities plus the tail mass.
     Computed once per item and reused across epochs."""
+    length_grouped_batches: bool = False
+    """Batch transfer items of similar length: each epoch sorts them by length (random among
+    equals) before cutting batches, and steps through the batches shortest first in even
+    epochs, longest first in odd ones. Documents trained together then pad each step to
+    similar widths. Off (batches of a random order): on 100 SQuAD passages, 32 trained
+    together on an H200, it made ingest 1.18x faster and scored 32.4% against 33.9%."""
     max_grad_norm: float = Field(1.0, gt=0.0)
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     """Fraction of a transformation's steps over which the learning rate warms up from 0;

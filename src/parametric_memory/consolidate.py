@@ -75,14 +75,11 @@ def train_student(
     skipped = torch.zeros((), device=lm.device)
     model.train()
     try:
-        for _ in range(config.epochs):
-            order = examples[:]
-            rng.shuffle(order)
-            for batch in batches(order, config.batch_size):
-                set_learning_rate(optimizer, config.learning_rate * schedule(len(losses)))
-                loss, skip = step(batch)
-                losses.append(loss)
-                skipped += skip
+        for batch in training_batches(examples, config, rng):
+            set_learning_rate(optimizer, config.learning_rate * schedule(len(losses)))
+            loss, skip = step(batch)
+            losses.append(loss)
+            skipped += skip
     finally:
         model.eval()
     if not losses:
@@ -99,6 +96,23 @@ def train_student(
         stats.skipped_steps,
     )
     return stats
+
+
+def training_batches(
+    examples: list[Example], config: ConsolidationConfig, rng: random.Random
+) -> list[list[Example]]:
+    """Every epoch's batches, in training order (see `length_grouped_batches`)."""
+    plan: list[list[Example]] = []
+    for epoch in range(config.epochs):
+        order = examples[:]
+        rng.shuffle(order)
+        if not config.length_grouped_batches:
+            plan.extend(batches(order, config.batch_size))
+            continue
+        order.sort(key=lambda example: len(example.student_ids))  # stable: random among equals
+        grouped = list(batches(order, config.batch_size))
+        plan.extend(grouped if epoch % 2 == 0 else grouped[::-1])
+    return plan
 
 
 StudentStep = Callable[[list[Example]], tuple[torch.Tensor, torch.Tensor]]

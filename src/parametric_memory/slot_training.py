@@ -1,9 +1,9 @@
 """Consolidation of several fresh adapters at once: each slot of `AdapterSlots` is trained on
 its own document's examples exactly as `consolidate.train_student` would train it alone —
-the same shuffled batches (from the document's own random generator), learning-rate
-schedule, gradient clipping and AdamW — but every slot's batch goes through the model in
-one forward and backward pass. A slot with fewer steps than the others sits out the rest
-with empty rows and no update."""
+the same batches (`consolidate.training_batches`, from the document's own random
+generator), learning-rate schedule, gradient clipping and AdamW — but every slot's batch
+goes through the model in one forward and backward pass. A slot with fewer steps than the
+others sits out the rest with empty rows and no update."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .adapter_slots import AdapterSlots
 from .config import ConsolidationConfig
-from .consolidate import TrainingStats
-from .distillation import Example, batches, topk_kl_per_token
+from .consolidate import TrainingStats, training_batches
+from .distillation import Example, topk_kl_per_token
 from .errors import TrainingDivergedError
 from .fast_distillation import collate
 from .models import LoadedModel
@@ -36,7 +36,7 @@ def train_slots(
     """Epochs of KL distillation, slot k on `examples[k]` shuffled by `rngs[k]`."""
     if not len(examples) == len(rngs) == slots.slots:
         raise ValueError(f"{slots.slots} slots need as many example lists and generators")
-    plans = [_shuffled_batches(ex, config, rng) for ex, rng in zip(examples, rngs, strict=True)]
+    plans = [training_batches(ex, config, rng) for ex, rng in zip(examples, rngs, strict=True)]
     schedules = [warmup_then_linear_decay(len(plan), config.warmup_ratio) for plan in plans]
     optimizer = SlotAdamW(slots.weights)
     device = slots.weights.device
@@ -60,18 +60,6 @@ def train_slots(
     stats = _stats(plans, losses, skips)
     _refuse_non_finite_slots(slots, stats)
     return stats
-
-
-def _shuffled_batches(
-    examples: list[Example], config: ConsolidationConfig, rng: random.Random
-) -> list[list[Example]]:
-    """The batches `train_student` would step through, in its order."""
-    plan = []
-    for _ in range(config.epochs):
-        order = examples[:]
-        rng.shuffle(order)
-        plan.extend(batches(order, config.batch_size))
-    return plan
 
 
 _PASS_TOKENS = 32_768

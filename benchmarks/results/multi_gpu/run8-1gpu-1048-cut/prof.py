@@ -14,11 +14,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from parametric_memory import MemoryConfig, slot_training
 from parametric_memory.adapter_slots import AdapterSlots
 from parametric_memory.chunking import chunk_document
-from parametric_memory.consolidate import attach_adapter
+from parametric_memory.consolidate import attach_adapter, training_batches
 from parametric_memory.distillation import compute_teacher_targets, student_nll, tokenize_items
 from parametric_memory.elicit import elicit_transfer_set
 from parametric_memory.models import load_model
-from parametric_memory.slot_training import SlotAdamW, _shuffled_batches, _slot_losses
+from parametric_memory.slot_training import SlotAdamW, _slot_losses
 
 PASS_TOKENS = 131_072
 
@@ -72,7 +72,7 @@ def _time_steps(lm, config, examples) -> None:
     slot_training._PASS_TOKENS = PASS_TOKENS
     slots = AdapterSlots(lm, len(groups))
     plans = [
-        _shuffled_batches(g, config.consolidation, random.Random(i)) for i, g in enumerate(groups)
+        training_batches(g, config.consolidation, random.Random(i)) for i, g in enumerate(groups)
     ]
     optimizer = SlotAdamW(slots.weights)
     rate = torch.full((len(groups),), 1e-3, device="cuda")
