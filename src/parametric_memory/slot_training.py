@@ -67,7 +67,7 @@ _PASS_TOKENS = 32_768
 of contiguous slots under this budget (and `_PASS_LOGITS`), which bounds activation memory
 (the default model on an H200: 77k tokens in one pass peaked at 87 GB allocated, a whole
 N = 100 ingest at this budget at 60 GB reserved); each slot's gradient comes whole from its
-own pass. Larger passes were not faster: the step is bound by its padded tokens."""
+own pass. Larger passes were not faster."""
 _PASS_LOGITS = 4_000_000_000
 """Most answer logits (rows x answer positions x vocabulary) in one pass: 8 GB in bfloat16."""
 _KL_ROWS = 8
