@@ -190,3 +190,24 @@ def test_length_grouped_batches_go_short_to_long_then_back(model_dir):  # noqa: 
     lengths = sorted(len(e.student_ids) for e in examples)
     assert sorted(len(e.student_ids) for e in plan[0]) == lengths[:3]
     assert {id(e) for batch in plan[:3] for e in batch} == {id(e) for e in examples}
+
+
+def test_out_of_gpu_memory_retries_each_half_of_the_group(tmp_path, tiny_config, monkeypatch):
+    config = tiny_config.model_copy(
+        update={"sharding": ShardingConfig(documents_per_shard=1, shards_in_parallel=4)}
+    )
+    memory = ParametricMemory.create(tmp_path / "mem", config)
+    real = memory_module.transform_fresh_documents
+    widths = []
+
+    def fits_two(lm, documents, *args, **kwargs):
+        widths.append(len(documents))
+        if len(documents) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(lm, documents, *args, **kwargs)
+
+    monkeypatch.setattr(memory_module, "transform_fresh_documents", fits_two)
+    report = memory.add_documents(TEXTS[:4], ids=IDS[:4], progress=False)
+    assert widths == [4, 2, 2] and report.added == IDS[:4]
+    assert len({r.shard for r in memory.documents.values()}) == 4
+    assert verify_memory(memory.root) == []

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from peft import PeftModel, set_peft_model_state_dict
 from pydantic import BaseModel
 from safetensors import SafetensorError
@@ -293,14 +294,32 @@ class ParametricMemory:
         held_items: list[TransferItem],
         report: IngestReport,
     ) -> None:
-        """Consolidate fresh one-document `shards` at once and commit them together."""
+        """Consolidate fresh one-document `shards` at once and commit them together; if the
+        GPU runs out of memory for them, each half in turn."""
         staging = store.staging_folder(self.root)
         try:
             results = self._consolidate_together(plan, shards, staging)
             self._commit_results(results, staging, held_chunks, held_items)
             self._active_shard = shards[-1]  # the adapter holds its committed weights
+        except torch.OutOfMemoryError:
+            if len(shards) == 1:
+                raise
+            results = []
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        if not results:
+            half = len(shards) // 2
+            logger.warning(
+                "out of GPU memory consolidating %d documents together; trying %d, then %d "
+                "(a lower sharding.shards_in_parallel avoids the retry)",
+                len(shards),
+                half,
+                len(shards) - half,
+            )
+            _release_gpu_memory()
+            self._add_together(plan, shards[:half], held_chunks, held_items, report)
+            self._add_together(plan, shards[half:], held_chunks, held_items, report)
+            return
         for result in results:
             for document_id in result.records:
                 report.count(document_id, result.chunks, result.items)
@@ -607,6 +626,11 @@ class ParametricMemory:
     def model(self) -> LoadedModel:
         """The base model with the memory's adapter (for integrations and benchmarks)."""
         return self._lm
+
+
+def _release_gpu_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _check_query(text: object, label: str) -> None:
