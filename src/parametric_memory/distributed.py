@@ -30,13 +30,11 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from . import store
-from .chunking import Chunk
 from .config import MemoryConfig
 from .documents import Document
-from .elicit import TransferItem
 from .errors import ParametricMemoryError
-from .memory import IngestReport, ParametricMemory, ShardResult
-from .sharding import balance_shards, plan_shards
+from .memory import IngestPlan, IngestReport, ParametricMemory, ShardResult
+from .sharding import balance_shards
 
 logger = logging.getLogger(__name__)
 
@@ -112,15 +110,12 @@ def _ingest(memory: ParametricMemory, documents: list[Document], progress: bool)
             return staging
 
         staging = _on_rank_zero(lock_and_stage)
-        chunk_records, held_items = memory._refresh(writer=False)
-        report = IngestReport()
-        todo = memory._new_documents(documents, report)
-        held_chunks = {c.id: c for c in chunk_records}
-        plan = plan_shards(memory.documents, todo, memory.config.sharding.documents_per_shard)
-        mine = balance_shards(plan, world)[rank]
+        ingest = memory._plan_ingest(documents, writer=False)
+        report = ingest.report
+        mine = balance_shards(ingest.shards, world)[rank]
         logger.info("rank %d of %d consolidates shards %s", rank, world, mine)
         results, failure = _consolidate_shards(
-            memory, plan, mine, held_chunks, held_items, staging, progress and rank == 0
+            memory, ingest, mine, staging, progress and rank == 0
         )
         gathered: list | None = [None] * world if rank == 0 else None
         dist.gather_object((results, failure), gathered, dst=0)
@@ -132,9 +127,10 @@ def _ingest(memory: ParametricMemory, documents: list[Document], progress: bool)
                     f"{len(failures)} process(es) failed, nothing committed; {failures[0]}"
                 )
             every_result = [result for shard_results, _ in gathered for result in shard_results]
-            memory._commit_results(every_result, staging, held_chunks, held_items)
+            held = (ingest.held_chunks, ingest.held_items)
+            memory._commit_results(every_result, staging, *held)
             logger.info("committed %d shard(s) from %d process(es)", len(every_result), world)
-            for document in todo:
+            for document in (d for documents in ingest.shards.values() for d in documents):
                 record = memory.documents[document.id]
                 report.added.append(document.id)
                 report.chunks += record.chunks
@@ -148,36 +144,18 @@ def _ingest(memory: ParametricMemory, documents: list[Document], progress: bool)
 
 
 def _consolidate_shards(
-    memory: ParametricMemory,
-    plan: dict[int, list[Document]],
-    shards: list[int],
-    held_chunks: dict[str, Chunk],
-    held_items: list[TransferItem],
-    staging: Path,
-    progress: bool,
+    memory: ParametricMemory, ingest: IngestPlan, shards: list[int], staging: Path, progress: bool
 ) -> tuple[list[ShardResult], str | None]:
     """This process's shards, or the error that stopped it (reported, not raised, so every
     process still reaches the gather)."""
-    results = []
-    total = sum(len(plan[shard]) for shard in shards)
+    total = sum(len(ingest.shards[shard]) for shard in shards)
     bar = tqdm(total=total, desc="consolidating on rank 0", unit="doc", disable=not progress)
     try:
         with bar:
-            for together, group in memory._work_order(plan, shards):
-                if together:
-                    results += memory._consolidate_together(plan, group, staging)
-                else:
-                    shard = group[0]
-                    results.append(
-                        memory._consolidate_shard(
-                            shard, plan[shard], held_chunks, held_items, staging
-                        )
-                    )
-                bar.update(sum(len(plan[shard]) for shard in group))
+            return memory._consolidate_uncommitted(ingest, shards, staging, bar), None
     except Exception as error:  # any failure must reach rank 0's decision
         logger.error("consolidation failed:\n%s", traceback.format_exc())
         return [], f"{type(error).__name__}: {error}"
-    return results, None
 
 
 def _on_rank_zero(action: Callable[[], T]) -> T:

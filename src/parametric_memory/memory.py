@@ -85,6 +85,20 @@ class ShardResult:
 
 
 @dataclass
+class IngestPlan:
+    """An ingest's new documents by shard (in ingest order), the records held before it,
+    and its report so far (the documents skipped as already held)."""
+
+    shards: dict[int, list[Document]]
+    held_chunks: dict[str, Chunk]
+    held_items: list[TransferItem]
+    report: IngestReport
+
+    def new_documents(self) -> int:
+        return sum(len(documents) for documents in self.shards.values())
+
+
+@dataclass
 class Recollection:
     query: str
     text: str
@@ -243,16 +257,14 @@ class ParametricMemory:
         return self._ingest(read_files(paths), progress)
 
     def _ingest(self, documents: list[Document], progress: bool) -> IngestReport:
-        report = IngestReport()
         with store.write_lock(self.root):
-            chunk_records, held_items = self._refresh()
-            todo = self._new_documents(documents, report)
-            if not todo:
-                return report
-            held_chunks = {c.id: c for c in chunk_records}
-            per_shard = self.config.sharding.documents_per_shard
-            plan = plan_shards(self._manifest.documents, todo, per_shard)
-            bar = tqdm(total=len(todo), desc="consolidating", unit="doc", disable=not progress)
+            ingest = self._plan_ingest(documents)
+            plan, report = ingest.shards, ingest.report
+            held_chunks, held_items = ingest.held_chunks, ingest.held_items
+            total = ingest.new_documents()
+            bar = tqdm(
+                total=total, desc="consolidating", unit="doc", disable=not progress or not total
+            )
             with bar:
                 for together, shards in self._work_order(plan, list(plan)):
                     if together:
@@ -265,6 +277,37 @@ class ParametricMemory:
                         self._add_document(document, shards[0], held_chunks, held_items, report)
                         bar.update()
         return report
+
+    def _plan_ingest(self, documents: list[Document], *, writer: bool = True) -> IngestPlan:
+        """Which shard each new document goes into, against the committed state (picked up
+        afresh); documents already held go to the report as skipped."""
+        chunk_records, held_items = self._refresh(writer=writer)
+        report = IngestReport()
+        todo = self._new_documents(documents, report)
+        per_shard = self.config.sharding.documents_per_shard
+        return IngestPlan(
+            shards=plan_shards(self._manifest.documents, todo, per_shard),
+            held_chunks={chunk.id: chunk for chunk in chunk_records},
+            held_items=held_items,
+            report=report,
+        )
+
+    def _consolidate_uncommitted(
+        self, ingest: IngestPlan, shards: list[int], folder: Path, bar: tqdm
+    ) -> list[ShardResult]:
+        """Consolidate the planned documents of `shards`, saving each shard's weights under
+        `folder` and committing nothing (a multi-GPU ingest commits every shard at once)."""
+        results: list[ShardResult] = []
+        plan = ingest.shards
+        for together, group in self._work_order(plan, shards):
+            if together:
+                results += self._consolidate_together(plan, group, folder)
+            else:
+                shard = group[0]
+                held = (ingest.held_chunks, ingest.held_items)
+                results.append(self._consolidate_shard(shard, plan[shard], *held, folder))
+            bar.update(sum(len(plan[shard]) for shard in group))
+        return results
 
     def _work_order(
         self, plan: dict[int, list[Document]], shards: list[int]
