@@ -26,12 +26,16 @@ TEXTS = [
 IDS = ["brindlewick", "zorbian", "kelp", "teskel", "odrin"]
 
 SCRIPT = """
-import json, sys
+import json, os, sys
 import torch.distributed as dist
 from parametric_memory import MemoryConfig
 from parametric_memory.distributed import add_documents_distributed, init_process_group
 from parametric_memory.documents import Document
 from parametric_memory.memory import ParametricMemory
+
+def say(*words):
+    # One write() per line: lines of two processes sharing a pipe then never interleave.
+    os.write(1, (" ".join(map(str, words)) + "\\n").encode())
 
 path, config_json, batches_json, fail_rank = sys.argv[1:5]
 config = MemoryConfig.model_validate_json(config_json)
@@ -44,9 +48,9 @@ try:
     for batch in json.loads(batches_json):
         documents = [Document(i, t) for i, t in batch]
         report = add_documents_distributed(path, documents, config=config, progress=False)
-        print("REPORT", json.dumps([report.added, report.chunks, report.transfer_items]))
+        say("REPORT", json.dumps([report.added, report.chunks, report.transfer_items]))
 except Exception as error:
-    print("ERROR", type(error).__name__, error)
+    say("ERROR", type(error).__name__, error)
 finally:
     dist.destroy_process_group()
 """
