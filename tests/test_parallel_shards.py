@@ -8,7 +8,7 @@ import random
 
 import pytest
 import torch
-from test_consolidate import CUDA, adapter_weights, student
+from test_consolidate import CUDA, adapter_params, adapter_weights, student
 from test_distributed import IDS, TEXTS, _records, _weights
 from test_fast_generation import model_dir, random_examples  # noqa: F401
 
@@ -27,12 +27,8 @@ DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 def _restore(lm, weights: list[torch.Tensor]) -> None:
     with torch.no_grad():
-        for param, saved in zip(adapter_weights_refs(lm), weights, strict=True):
+        for param, saved in zip(adapter_params(lm), weights, strict=True):
             param.copy_(saved)
-
-
-def adapter_weights_refs(lm) -> list[torch.nn.Parameter]:
-    return [p for p in lm.model.parameters() if p.requires_grad]
 
 
 @pytest.mark.parametrize("device", DEVICES)

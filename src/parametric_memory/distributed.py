@@ -130,7 +130,7 @@ def _ingest(memory: ParametricMemory, documents: list[Document], progress: bool)
             held = (ingest.held_chunks, ingest.held_items)
             memory._commit_results(every_result, staging, *held)
             logger.info("committed %d shard(s) from %d process(es)", len(every_result), world)
-            for document in (d for documents in ingest.shards.values() for d in documents):
+            for document in ingest.new_documents():
                 record = memory.documents[document.id]
                 report.added.append(document.id)
                 report.chunks += record.chunks

@@ -94,8 +94,8 @@ class IngestPlan:
     held_items: list[TransferItem]
     report: IngestReport
 
-    def new_documents(self) -> int:
-        return sum(len(documents) for documents in self.shards.values())
+    def new_documents(self) -> list[Document]:
+        return [document for documents in self.shards.values() for document in documents]
 
 
 @dataclass
@@ -261,7 +261,7 @@ class ParametricMemory:
             ingest = self._plan_ingest(documents)
             plan, report = ingest.shards, ingest.report
             held_chunks, held_items = ingest.held_chunks, ingest.held_items
-            total = ingest.new_documents()
+            total = len(ingest.new_documents())
             bar = tqdm(
                 total=total, desc="consolidating", unit="doc", disable=not progress or not total
             )
@@ -347,10 +347,10 @@ class ParametricMemory:
         except torch.OutOfMemoryError:
             if len(shards) == 1:
                 raise
-            results = []
+            results = None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        if not results:
+        if results is None:
             half = len(shards) // 2
             logger.warning(
                 "out of GPU memory consolidating %d documents together; trying %d, then %d "

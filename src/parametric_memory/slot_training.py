@@ -85,6 +85,9 @@ def _slot_losses(
     losses = []
     vocabulary = lm.model.get_output_embeddings().weight.shape[0]
     for first, end in _passes(rows, rows_per_slot, vocabulary):
+        if not any(rows[first:end]):  # every slot of this pass is idle
+            losses.append(torch.zeros(end - first, device=slots.weights.device))
+            continue
         loss = _pass_losses(lm, slots, rows[first:end], rows_per_slot, first)
         loss.sum().backward()
         losses.append(loss.detach())
@@ -97,18 +100,14 @@ def _passes(
     """Contiguous ranges of slots, each as many as fit the budgets of one pass."""
     passes, first, width, answer = [], 0, 1, 1
     for slot, slot_rows in enumerate(rows):
-        new_width = max([width] + [len(e.student_ids) for e in slot_rows])
-        new_answer = max([answer] + [e.answer_len for e in slot_rows])
+        slot_width = max((len(e.student_ids) for e in slot_rows), default=1)
+        slot_answer = max((e.answer_len for e in slot_rows), default=1)
+        width, answer = max(width, slot_width), max(answer, slot_answer)
         count = (slot - first + 1) * rows_per_slot
-        too_big = count * new_width > _PASS_TOKENS or (
-            count * new_answer * vocabulary > _PASS_LOGITS
-        )
+        too_big = count * width > _PASS_TOKENS or count * answer * vocabulary > _PASS_LOGITS
         if too_big and slot > first:
             passes.append((first, slot))
-            first = slot
-            new_width = max([1] + [len(e.student_ids) for e in slot_rows])
-            new_answer = max([1] + [e.answer_len for e in slot_rows])
-        width, answer = new_width, new_answer
+            first, width, answer = slot, slot_width, slot_answer
     passes.append((first, len(rows)))
     return passes
 
@@ -123,8 +122,6 @@ def _pass_losses(
     padded: list[Example | None] = []
     for slot_rows in rows:
         padded += slot_rows + [None] * (rows_per_slot - len(slot_rows))
-    if all(row is None for row in padded):  # every slot of this pass is idle
-        return torch.zeros(len(rows), device=slots.weights.device, requires_grad=True)
     batch = collate(padded, lm.tokenizer.pad_token_id, slots.weights.device)
     slots.refresh(first, first + len(rows))
     longest = batch.answer_mask.shape[1]

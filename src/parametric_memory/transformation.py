@@ -107,11 +107,10 @@ def transform_fresh_documents(
     examples = _with_teacher_targets(lm, items, {c.id: c for c in chunks}, config, batch)
     gaps = _perplexity_gaps(lm, examples, batch)
     document_of = {chunk.id: i for i, document in enumerate(documents) for chunk in document}
-    owners = [document_of[item.chunk_id] for item in items]
-    chosen = [
-        _select_among(items, gaps, [i for i, owner in enumerate(owners) if owner == doc], config)
-        for doc in range(width)
-    ]
+    items_of: list[list[int]] = [[] for _ in documents]
+    for index, item in enumerate(items):
+        items_of[document_of[item.chunk_id]].append(index)
+    chosen = [_select_among(items, gaps, mine, config) for mine in items_of]
     clock.lap("select")
     slots = AdapterSlots(lm, width)
     training = [[examples[i] for i in picked] for picked in chosen]
@@ -127,12 +126,9 @@ def transform_fresh_documents(
     )
     results = [
         TransformationResult(
-            [replace(items[i], perplexity_gap=gaps[i]) for i in picked],
-            owners.count(doc),
-            0,
-            stat,
+            [replace(items[i], perplexity_gap=gaps[i]) for i in picked], len(mine), 0, stat
         )
-        for doc, (picked, stat) in enumerate(zip(chosen, stats, strict=True))
+        for mine, picked, stat in zip(items_of, chosen, stats, strict=True)
     ]
     return results, slots
 
