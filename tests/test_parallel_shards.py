@@ -33,7 +33,7 @@ def _restore(lm, weights: list[torch.Tensor]) -> None:
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
-    "passes, grouped", [("one pass", False), ("a pass per slot", False), ("one pass", True)]
+    "passes, grouped", [("one pass", False), ("a pass per row", False), ("one pass", True)]
 )
 def test_each_slot_trains_as_its_document_would_alone(
     model_dir,  # noqa: F811
@@ -42,7 +42,7 @@ def test_each_slot_trains_as_its_document_would_alone(
     grouped,
     monkeypatch,
 ):
-    if passes == "a pass per slot":
+    if passes == "a pass per row":
         monkeypatch.setattr(slot_training, "_PASS_TOKENS", 1)
     config = CONFIG.model_copy(update={"length_grouped_batches": grouped})
     lm = student(model_dir, device)
@@ -164,15 +164,22 @@ def test_a_failing_group_commits_nothing_of_itself_and_keeps_the_groups_before(
     assert leftovers == []
 
 
-def test_passes_cut_a_step_where_the_budget_runs_out(model_dir, monkeypatch):  # noqa: F811
+def test_passes_take_a_steps_rows_longest_first_until_the_budget_runs_out(
+    model_dir,  # noqa: F811
+    monkeypatch,
+):
     lm = student(model_dir)
     examples = random_examples(lm.model, 6, seed=7)
-    width = max(len(e.student_ids) for e in examples)
-    monkeypatch.setattr(slot_training, "_PASS_TOKENS", 2 * 2 * width)  # two slots of 2 rows
-    rows = [examples[0:2], examples[2:4], [], examples[4:6]]
-    assert _passes(rows, 2, vocabulary=10) == [(0, 2), (2, 4)]
+    rows = [(slot, e) for slot, e in zip((0, 0, 1, 1, 3, 3), examples, strict=True)]
+    longest_first = sorted(rows, key=lambda row: len(row[1].student_ids), reverse=True)
+    widths = [len(e.student_ids) for _, e in longest_first]
+    monkeypatch.setattr(slot_training, "_PASS_TOKENS", 2 * widths[0])
+    passes = _passes(rows, vocabulary=10)
+    assert [row for rows_of_pass in passes for row in rows_of_pass] == longest_first
+    assert all(len(p) * max(len(e.student_ids) for _, e in p) <= 2 * widths[0] for p in passes)
+    assert len(passes[0]) == 2 and len(passes) < len(rows)
     monkeypatch.setattr(slot_training, "_PASS_LOGITS", 1)
-    assert _passes(rows, 2, vocabulary=10) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert _passes(rows, vocabulary=10) == [[row] for row in longest_first]
 
 
 def test_length_grouped_batches_go_short_to_long_then_back(model_dir):  # noqa: F811

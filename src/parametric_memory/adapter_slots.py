@@ -1,18 +1,19 @@
-"""Several independent LoRA adapters in one model, trained in one batch: slot k's weights act
-only on the rows of slot k. Used to consolidate many fresh one-document shards at once,
-which on a GPU costs little more than one (a small model's step is bound by kernel launches,
-not arithmetic).
+"""Several independent LoRA adapters in one model, trained in one batch: each row of a
+batch is computed with the weights of its own slot. Used to consolidate many fresh
+one-document shards at once, which on a GPU costs little more than one (a small model's step
+is bound by kernel launches and memory traffic, not arithmetic).
 
 The slots live in one [slots, n] float32 tensor, so the optimiser, clipping and checks are a
 few whole-tensor operations. During a forward pass the peft adapter is switched off and a
-hook on each adapted base layer adds the updates of a range of slots, rows grouped by slot:
+hook on each adapted base layer adds each row's update:
 
-    y[slot k rows] = W x + scaling * (dropout(x) A_k) B_k
+    y[row] = W x[row] + scaling * (dropout(x[row]) A_k) B_k,   k = the row's slot
 
 which is peft's LoRA forward with slot k's weights, computed in the activations' dtype
 (peft computes it in float32: for hundreds of rows its float32 copies of every layer's
-input took tens of GB of a GPU). `copy_to_adapter(k)` writes slot k into the peft adapter,
-so it is saved and loaded like any adapter.
+input took tens of GB of a GPU). Rows of any slots can share a batch, so a step's rows are
+batched by length rather than by slot. `copy_to_adapter(k)` writes slot k into the peft
+adapter, so it is saved and loaded like any adapter.
 """
 
 from __future__ import annotations
@@ -42,21 +43,25 @@ class AdapterSlots:
         if not self._layers:
             raise ValueError(f"{lm.name} has no LoRA adapter to copy into slots")
         self._shapes: list[tuple[int, int, int]] = []  # (in, rank, out) of each layer
-        pieces = []
+        pieces, scales = [], []
         for layer in self._layers:
             a, b = _lora_weights(layer)  # [rank, in], [out, rank]
             self._shapes.append((a.shape[1], a.shape[0], b.shape[0]))
             pieces += [a.detach().t().reshape(-1), b.detach().t().reshape(-1)]
+            scales += [torch.ones(a.numel()), torch.full((b.numel(),), layer.scaling[_ADAPTER])]
         initial = torch.cat(pieces).float()
         self.weights = initial.expand(slots, -1).clone().requires_grad_(True)
         """[slots, n]: per layer, A as [in, rank] then B as [rank, out], flattened."""
+        self._scale = torch.cat(scales).to(initial.device)
+        """[n]: 1 on A, LoRA's scaling on B, so each update is (x A)(scaling B)."""
+        self._dtype = self.model.get_input_embeddings().weight.dtype
         self._sizes = [size for i, r, o in self._shapes for size in (i * r, r * o)]
         self._views: list[torch.Tensor] = []
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:
-        """Inside, the model computes with the slots (rows grouped by slot, the same number
-        of rows for each) instead of its own adapter."""
+        """Inside, the model computes with the slots (see `use_rows`) instead of its own
+        adapter."""
         hooks = [
             layer.get_base_layer().register_forward_hook(self._hook(index, layer))
             for index, layer in enumerate(self._layers)
@@ -69,30 +74,32 @@ class AdapterSlots:
                 hook.remove()
             self._views = []
 
-    def refresh(self, first: int = 0, end: int | None = None) -> None:
-        """Use slots `first` to `end` (all by default) in the next forward pass, whose rows
-        are theirs, grouped by slot; call once per pass, so backward gathers every layer's
-        gradient into `weights.grad` in one piece."""
-        parts = self.weights[first:end].split(self._sizes, dim=1)
+    def use_rows(self, slot_of_row: torch.Tensor) -> None:
+        """Compute row i of the next forward pass with slot `slot_of_row[i]`; call once per
+        pass. Every layer's per-row weights come from one gather of `weights` (cast to the
+        activations' dtype before the gather, which is the smaller copy), so a pass costs a
+        few kernels more than the plain model, and backward scatters every layer's gradient
+        back into `weights.grad` in one piece."""
+        rows = (self.weights * self._scale).to(self._dtype).index_select(0, slot_of_row)
+        parts = rows.split(self._sizes, dim=1)
         self._views = []
         for index, (fan_in, rank, fan_out) in enumerate(self._shapes):
             self._views.append(parts[2 * index].unflatten(1, (fan_in, rank)))
             self._views.append(parts[2 * index + 1].unflatten(1, (rank, fan_out)))
 
     def _hook(self, index: int, layer: LoraLayer):
-        scaling = layer.scaling[_ADAPTER]
         dropout = layer.lora_dropout[_ADAPTER]
         dropout_p = dropout.p if isinstance(dropout, torch.nn.Dropout) else 0.0
 
         def add_slot_updates(module, args, output):
-            x = args[0]
-            a = self._views[2 * index].to(x.dtype)
-            b = self._views[2 * index + 1].to(x.dtype)
-            x = x.reshape(a.shape[0], -1, a.shape[1])
+            a, b = self._views[2 * index], self._views[2 * index + 1]  # [rows, in/rank, ...]
+            x = args[0].reshape(a.shape[0], -1, a.shape[1]).to(a.dtype)
             if dropout_p and module.training:
                 x = F.dropout(x, dropout_p)
-            update = torch.bmm(torch.bmm(x, a), b).reshape(output.shape) * scaling
-            return output + update.to(output.dtype)
+            base = output.reshape(a.shape[0], -1, b.shape[2]).to(b.dtype)
+            # One kernel adds the update to the base output (no separate scale and add over
+            # an activation-sized tensor, forward or backward).
+            return torch.baddbmm(base, torch.bmm(x, a), b).view(output.shape).to(output.dtype)
 
         return add_slot_updates
 

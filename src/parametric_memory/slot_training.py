@@ -1,9 +1,9 @@
 """Consolidation of several fresh adapters at once: each slot of `AdapterSlots` is trained on
 its own document's examples exactly as `consolidate.train_student` would train it alone —
 the same batches (`consolidate.training_batches`, from the document's own random
-generator), learning-rate schedule, gradient clipping and AdamW — but every slot's batch
-goes through the model in one forward and backward pass. A slot with fewer steps than the
-others sits out the rest with empty rows and no update."""
+generator), learning-rate schedule, gradient clipping and AdamW — but at each step the rows
+of every slot's batch go through the model together, longest first, in passes of similar
+length. A slot with fewer steps than the others sits out the rest (no rows, no update)."""
 
 from __future__ import annotations
 
@@ -45,13 +45,13 @@ def train_slots(
         lm.model.train()
         try:
             for step in range(max(len(plan) for plan in plans)):
-                rows = [plan[step] if step < len(plan) else [] for plan in plans]
+                batches = [plan[step] if step < len(plan) else [] for plan in plans]
                 rates = [
                     config.learning_rate * schedule(step) if step < len(plan) else 0.0
                     for plan, schedule in zip(plans, schedules, strict=True)
                 ]
-                loss = _slot_losses(lm, slots, rows, config.batch_size)
-                active = torch.tensor([bool(r) for r in rows], device=device)
+                loss = _step_losses(lm, slots, batches)
+                active = torch.tensor([bool(batch) for batch in batches], device=device)
                 rate = torch.tensor(rates, dtype=torch.float32, device=device)
                 skips.append(optimizer.step(rate, active, config.max_grad_norm))
                 losses.append(loss.detach())
@@ -63,67 +63,69 @@ def train_slots(
 
 
 _PASS_TOKENS = 32_768
-"""Most padded tokens in one forward and backward pass: a step's slots are cut into passes
-of contiguous slots under this budget (and `_PASS_LOGITS`), which bounds activation memory
-(the default model on an H200: 77k tokens in one pass peaked at 87 GB allocated, a whole
-N = 100 ingest at this budget at 60 GB reserved); each slot's gradient comes whole from its
-own pass. Larger passes were not faster."""
+"""Most padded tokens in one forward and backward pass: a step's rows, longest first, are cut
+into passes under this budget (and `_PASS_ROWS`, `_PASS_LOGITS`), which bounds activation
+memory (the default model on an H200: 77k tokens in one pass peaked at 87 GB allocated; one
+group of 32 SQuAD passages at this budget peaked at 45 GB)."""
 _PASS_LOGITS = 4_000_000_000
 """Most answer logits (rows x answer positions x vocabulary) in one pass: 8 GB in bfloat16."""
-_KL_ROWS = 8
-"""Rows whose float32 log-softmax is computed at a time; recomputed in backward, so only
-the model's logits are kept."""
+_PASS_ROWS = 256
+"""Most rows in one pass: each row gathers its own copy of its slot's adapter (9.8 MB in
+bfloat16 for the default model), kept for backward."""
+_KL_LOGITS = 1 << 27
+"""Most logits whose float32 log-softmax is computed at a time (512 MB); recomputed in
+backward, so only the model's logits are kept."""
 
 
-def _slot_losses(
-    lm: LoadedModel, slots: AdapterSlots, rows: list[list[Example]], rows_per_slot: int
+def _step_losses(
+    lm: LoadedModel, slots: AdapterSlots, batches: list[list[Example]]
 ) -> torch.Tensor:
     """[slots] mean KL per answer token of each slot's batch (0 for an empty one); the
-    gradient is accumulated into `slots.weights.grad`, one pass of slots at a time."""
-    if not any(rows):
+    gradient is accumulated into `slots.weights.grad`, one pass of rows at a time."""
+    device = slots.weights.device
+    rows = [(slot, example) for slot, batch in enumerate(batches) for example in batch]
+    if not rows:
         raise ValueError("a step needs at least one example")
-    losses = []
+    answer_tokens = [max(1, sum(e.answer_len for e in batch)) for batch in batches]
+    denominators = torch.tensor(answer_tokens, dtype=torch.float32, device=device)
     vocabulary = lm.model.get_output_embeddings().weight.shape[0]
-    for first, end in _passes(rows, rows_per_slot, vocabulary):
-        if not any(rows[first:end]):  # every slot of this pass is idle
-            losses.append(torch.zeros(end - first, device=slots.weights.device))
-            continue
-        loss = _pass_losses(lm, slots, rows[first:end], rows_per_slot, first)
+    losses = torch.zeros(len(batches), device=device)
+    for rows_of_pass in _passes(rows, vocabulary):
+        slot_of_row = torch.tensor([slot for slot, _ in rows_of_pass], device=device)
+        kl = _row_kl_sums(lm, slots, [example for _, example in rows_of_pass], slot_of_row)
+        loss = kl / denominators[slot_of_row]
         loss.sum().backward()
-        losses.append(loss.detach())
-    return torch.cat(losses)
+        losses.index_add_(0, slot_of_row, loss.detach())
+    return losses
 
 
-def _passes(
-    rows: list[list[Example]], rows_per_slot: int, vocabulary: int
-) -> list[tuple[int, int]]:
-    """Contiguous ranges of slots, each as many as fit the budgets of one pass."""
-    passes, first, width, answer = [], 0, 1, 1
-    for slot, slot_rows in enumerate(rows):
-        slot_width = max((len(e.student_ids) for e in slot_rows), default=1)
-        slot_answer = max((e.answer_len for e in slot_rows), default=1)
-        width, answer = max(width, slot_width), max(answer, slot_answer)
-        count = (slot - first + 1) * rows_per_slot
-        too_big = count * width > _PASS_TOKENS or count * answer * vocabulary > _PASS_LOGITS
-        if too_big and slot > first:
-            passes.append((first, slot))
-            first, width, answer = slot, slot_width, slot_answer
-    passes.append((first, len(rows)))
+def _passes(rows: list[tuple[int, Example]], vocabulary: int) -> list[list[tuple[int, Example]]]:
+    """The rows, longest first, cut into passes that fit the budgets of one pass."""
+    ordered = sorted(rows, key=lambda row: len(row[1].student_ids), reverse=True)
+    passes, current, width, answer = [], [], 0, 0
+    for row in ordered:
+        length, answer_len = len(row[1].student_ids), row[1].answer_len
+        count = len(current) + 1
+        width, answer = max(width, length), max(answer, answer_len)
+        too_big = (
+            count > _PASS_ROWS
+            or count * width > _PASS_TOKENS
+            or count * answer * vocabulary > _PASS_LOGITS
+        )
+        if too_big and current:
+            passes.append(current)
+            current, width, answer = [], length, answer_len
+        current.append(row)
+    passes.append(current)
     return passes
 
 
-def _pass_losses(
-    lm: LoadedModel,
-    slots: AdapterSlots,
-    rows: list[list[Example]],
-    rows_per_slot: int,
-    first: int,
+def _row_kl_sums(
+    lm: LoadedModel, slots: AdapterSlots, examples: list[Example], slot_of_row: torch.Tensor
 ) -> torch.Tensor:
-    padded: list[Example | None] = []
-    for slot_rows in rows:
-        padded += slot_rows + [None] * (rows_per_slot - len(slot_rows))
-    batch = collate(padded, lm.tokenizer.pad_token_id, slots.weights.device)
-    slots.refresh(first, first + len(rows))
+    """[rows] KL summed over each row's answer tokens, row i computed with its slot."""
+    batch = collate(examples, lm.tokenizer.pad_token_id, slots.weights.device)
+    slots.use_rows(slot_of_row)
     longest = batch.answer_mask.shape[1]
     logits = lm.model(
         input_ids=batch.input_ids,
@@ -133,23 +135,22 @@ def _pass_losses(
     ).logits
     # Position t predicts token t+1: drop the last position's prediction.
     per_token = _kl_in_pieces(logits[:, :-1], batch.topk_ids, batch.topk_logprobs)
-    mask = batch.answer_mask.reshape(len(rows), -1)
-    total = (per_token.reshape(len(rows), -1) * mask).sum(dim=1)
-    return total / mask.sum(dim=1).clamp(min=1)
+    return (per_token * batch.answer_mask).sum(dim=1)
 
 
 def _kl_in_pieces(
     logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor
 ) -> torch.Tensor:
+    rows = max(1, _KL_LOGITS // (logits.shape[1] * logits.shape[2]))
     pieces = [
         checkpoint(
             topk_kl_per_token,
-            logits[start : start + _KL_ROWS],
-            topk_ids[start : start + _KL_ROWS],
-            topk_logprobs[start : start + _KL_ROWS],
+            logits[start : start + rows],
+            topk_ids[start : start + rows],
+            topk_logprobs[start : start + rows],
             use_reentrant=False,
         )
-        for start in range(0, logits.shape[0], _KL_ROWS)
+        for start in range(0, logits.shape[0], rows)
     ]
     return torch.cat(pieces)
 

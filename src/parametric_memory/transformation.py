@@ -18,6 +18,7 @@ from .config import MemoryConfig
 from .consolidate import TrainingStats, train_student
 from .distillation import Example, compute_teacher_targets, student_nll, tokenize_items
 from .elicit import TransferItem, elicit_transfer_set
+from .generation import adapter_disabled
 from .models import LoadedModel
 from .replay import sample_replay
 from .select import select_items
@@ -105,7 +106,10 @@ def transform_fresh_documents(
     clock.lap("elicit")
     batch = _INFERENCE_ROWS
     examples = _with_teacher_targets(lm, items, {c.id: c for c in chunks}, config, batch)
-    gaps = _perplexity_gaps(lm, examples, batch)
+    # A fresh adapter adds exactly zero: the base model gives the same gaps without the
+    # LoRA branch's float32 copies of every layer's input.
+    with adapter_disabled(lm.model):
+        gaps = _perplexity_gaps(lm, examples, batch)
     document_of = {chunk.id: i for i, document in enumerate(documents) for chunk in document}
     items_of: list[list[int]] = [[] for _ in documents]
     for index, item in enumerate(items):
