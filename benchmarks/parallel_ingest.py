@@ -31,12 +31,14 @@ import torch.distributed as dist
 from common import load_documents
 from quality import SQUAD, _memory_config, sample_documents
 
+from parametric_memory.cli import prefer_expandable_segments
 from parametric_memory.distributed import add_documents_distributed, init_process_group
 from parametric_memory.documents import Document
 from parametric_memory.memory import ParametricMemory
 
 
 def main() -> None:
+    prefer_expandable_segments()  # as the parametric-memory command does
     args = _parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
     documents = sample_documents(load_documents(args.data), args.passages, args.seed, 0)

@@ -4,6 +4,7 @@ give the memory that consolidating them one by one gives (up to rounding)."""
 from __future__ import annotations
 
 import logging
+import os
 import random
 
 import pytest
@@ -15,6 +16,7 @@ from test_fast_generation import model_dir, random_examples  # noqa: F401
 from parametric_memory import ParametricMemory, slot_training
 from parametric_memory import memory as memory_module
 from parametric_memory.adapter_slots import AdapterSlots
+from parametric_memory.cli import prefer_expandable_segments
 from parametric_memory.config import ChunkingConfig, ConsolidationConfig, ShardingConfig
 from parametric_memory.consolidate import train_student, training_batches
 from parametric_memory.sharding import group_shards
@@ -214,3 +216,22 @@ def test_out_of_gpu_memory_retries_each_half_of_the_group(tmp_path, tiny_config,
     assert widths == [4, 2, 2] and report.added == IDS[:4]
     assert len({r.shard for r in memory.documents.values()}) == 4
     assert verify_memory(memory.root) == []
+
+
+@pytest.mark.parametrize(
+    "set_by_user, expected",
+    [
+        ({}, "expandable_segments:True"),
+        ({"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:64"}, "max_split_size_mb:64"),
+        ({"PYTORCH_ALLOC_CONF": "expandable_segments:False"}, None),
+    ],
+)
+def test_the_command_prefers_expandable_segments_unless_the_user_chose(
+    monkeypatch, set_by_user, expected
+):
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in set_by_user.items():
+        monkeypatch.setenv(name, value)
+    prefer_expandable_segments()
+    assert os.environ.get("PYTORCH_CUDA_ALLOC_CONF") == expected

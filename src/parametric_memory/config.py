@@ -123,12 +123,14 @@ class ShardingConfig(_Config):
     """New shards consolidated at once when each holds a single document that fits one
     memory transformation (the default sharding, short documents): every document trains
     its own slot of a stacked adapter in one shared batch, and they are committed together.
-    A small model's GPU step is bound by kernel launches, so many documents cost little more
-    than one (100 SQuAD passages on an H200: 2.6x faster than one at a time, the same
-    answers; 60 GB of GPU memory reserved at 32). A group that runs out of GPU memory is
-    retried in halves. None: 32 on CUDA, 1 (one at a time, each committed alone) elsewhere,
-    where the step is bound by arithmetic instead (two documents on a 2-core CPU: 146 s one
-    at a time, 178 s together)."""
+    A small model's GPU step is bound by the host (kernel launches), so many documents cost
+    little more than one. 100 SQuAD passages on an H200: 116.7 s at 32, 86.4 s at 64,
+    73.3 s at 128, the same answers. GPU memory grows with it: at 128, 126 GB reserved by
+    PyTorch's default allocator, 61.7 GB with `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`
+    (which the `parametric-memory` command sets unless you set it). A group that runs out of
+    GPU memory is retried in halves. None: 128 on CUDA, 1 (one at a time, each committed
+    alone) elsewhere, where the step is bound by arithmetic instead (two documents on a
+    2-core CPU: 146 s one at a time, 178 s together)."""
 
 
 class MemoryConfig(_Config):

@@ -316,7 +316,7 @@ class ParametricMemory:
         that fits one transformation are consolidated together, the others one by one."""
         width = self.config.sharding.shards_in_parallel
         if width is None:
-            width = 32 if self._lm.device.type == "cuda" else 1
+            width = 128 if self._lm.device.type == "cuda" else 1
         limit = self.config.consolidation.chunks_per_transformation
 
         def fits_together(shard: int) -> bool:
