@@ -67,13 +67,10 @@ def length_bucketed_batches(
     return groups
 
 
-def collate(examples: Sequence[Example | None], pad_id: int, device: torch.device) -> StudentBatch:
-    """The padded batch; a None row is empty (one padding token, nothing to learn), which
-    keeps the rows of trained-together adapters aligned when one has fewer examples."""
-    real = [e for e in examples if e is not None]
-    width = max(len(e.student_ids) for e in real)
-    longest = max(e.answer_len for e in real)
-    k = real[0].topk_ids.shape[-1]
+def collate(examples: Sequence[Example], pad_id: int, device: torch.device) -> StudentBatch:
+    width = max(len(e.student_ids) for e in examples)
+    longest = max(e.answer_len for e in examples)
+    k = examples[0].topk_ids.shape[-1]
     rows = len(examples)
     input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((rows, width), dtype=torch.long)
@@ -81,9 +78,6 @@ def collate(examples: Sequence[Example | None], pad_id: int, device: torch.devic
     topk_logprobs = torch.zeros((rows, longest, k), dtype=torch.float32)
     answer_mask = torch.zeros((rows, longest), dtype=torch.bool)
     for row, example in enumerate(examples):
-        if example is None:
-            attention_mask[row, -1] = 1  # no fully masked row: its softmax would be NaN
-            continue
         input_ids[row, width - len(example.student_ids) :] = torch.tensor(example.student_ids)
         attention_mask[row, width - len(example.student_ids) :] = 1
         topk_ids[row, longest - example.answer_len :] = example.topk_ids
@@ -100,7 +94,8 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def student_kl_loss(model, batch: StudentBatch) -> torch.Tensor:
+def answer_position_logits(model, batch: StudentBatch) -> torch.Tensor:
+    """[batch, longest answer, vocab] logits predicting the (right-aligned) answer tokens."""
     longest = batch.answer_mask.shape[1]
     logits = model(
         input_ids=batch.input_ids,
@@ -109,7 +104,12 @@ def student_kl_loss(model, batch: StudentBatch) -> torch.Tensor:
         logits_to_keep=longest + 1,
     ).logits
     # Position t predicts token t+1: drop the last position's prediction.
-    return topk_kl_loss(logits[:, :-1], batch.topk_ids, batch.topk_logprobs, batch.answer_mask)
+    return logits[:, :-1]
+
+
+def student_kl_loss(model, batch: StudentBatch) -> torch.Tensor:
+    logits = answer_position_logits(model, batch)
+    return topk_kl_loss(logits, batch.topk_ids, batch.topk_logprobs, batch.answer_mask)
 
 
 def train_step(

@@ -19,7 +19,7 @@ from .config import ConsolidationConfig
 from .consolidate import TrainingStats, training_batches
 from .distillation import Example, topk_kl_per_token
 from .errors import TrainingDivergedError
-from .fast_distillation import collate
+from .fast_distillation import answer_position_logits, collate
 from .models import LoadedModel
 from .optimizer import warmup_then_linear_decay
 
@@ -126,15 +126,8 @@ def _row_kl_sums(
     """[rows] KL summed over each row's answer tokens, row i computed with its slot."""
     batch = collate(examples, lm.tokenizer.pad_token_id, slots.weights.device)
     slots.use_rows(slot_of_row)
-    longest = batch.answer_mask.shape[1]
-    logits = lm.model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        logits_to_keep=longest + 1,
-    ).logits
-    # Position t predicts token t+1: drop the last position's prediction.
-    per_token = _kl_in_pieces(logits[:, :-1], batch.topk_ids, batch.topk_logprobs)
+    logits = answer_position_logits(lm.model, batch)
+    per_token = _kl_in_pieces(logits, batch.topk_ids, batch.topk_logprobs)
     return (per_token * batch.answer_mask).sum(dim=1)
 
 
