@@ -19,6 +19,7 @@ Prints each table row as it is measured; writes speed.json and speed.md under --
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -27,7 +28,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import peft
@@ -47,6 +48,7 @@ from parametric_memory.fast_distillation import (
     train_step,
 )
 from parametric_memory.fast_generation import greedy_generate, release_graphs
+from parametric_memory.fused_kernels import fused_kernels_available, use_fused_kernels
 
 SHAPES: dict[str, dict] = {
     "smollm2-135m": {
@@ -107,7 +109,8 @@ MEMORY_COLUMNS = ("fast peak GiB", "fast +GiB", "HF peak GiB", "HF +GiB")
 class Sizes:
     prompt_tokens: int = 300
     new_tokens: int = 64
-    distill_batch: int = 32
+    distill_batches: tuple[int, ...] = (32,)
+    """Rows of the fixed-length distillation steps; the first also sets the mixed-length one."""
     student_tokens: int = 128
     answer_tokens: int = 64
     top_k: int = 64
@@ -123,7 +126,7 @@ class Sizes:
 QUICK = Sizes(
     prompt_tokens=24,
     new_tokens=8,
-    distill_batch=4,
+    distill_batches=(4,),
     student_tokens=32,
     answer_tokens=12,
     top_k=8,
@@ -142,6 +145,8 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     sizes = QUICK if args.quick else Sizes()
+    if args.distill_batches:
+        sizes = replace(sizes, distill_batches=args.distill_batches)
     shapes = args.shapes or (["tiny"] if args.quick else ["smollm2-135m", "llama-1b", "llama-8b"])
     batches = args.batches or ([1, 4] if args.quick else [1, 32, 128])
     transformers.logging.set_verbosity_error()
@@ -171,6 +176,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--sections", type=lambda s: s.split(","), default=["elicit", "distill", "query"]
     )
+    parser.add_argument(
+        "--distill-batches",
+        type=lambda s: tuple(int(b) for b in s.split(",")),
+        help="rows per fixed-length distillation step (default 32)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke test)")
     return parser.parse_args()
 
@@ -185,6 +195,7 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft.__version__,
+        "fused_kernels": fused_kernels_available() and device.type == "cuda",
     }
 
 
@@ -246,9 +257,10 @@ def elicitation_rows(model, shape: str, sizes: Sizes, batches: list[int], env: d
 def elicitation_row(model, shape: str, variant: str, batch: int, sizes: Sizes) -> dict:
     new = sizes.new_tokens
     warm_ids, warm_mask = left_padded_prompts(batch, sizes.prompt_tokens, model, seed=1)
-    first_s, _ = timed(lambda: fast_generate(model, warm_ids, warm_mask, new))
     ids, mask = left_padded_prompts(batch, sizes.prompt_tokens, model, seed=2)
-    fast_s, fast_out = timed(lambda: fast_generate(model, ids, mask, new))
+    with engine_kernels(model):
+        first_s, _ = timed(lambda: fast_generate(model, warm_ids, warm_mask, new))
+        fast_s, fast_out = timed(lambda: fast_generate(model, ids, mask, new))
     hf_s, hf_out = timed(lambda: hf_generate(model, ids, mask, new))
     assert hf_out.shape[1] == fast_out.shape[1] == ids.shape[1] + new, "stopped early"
     same = float((hf_out == fast_out).all(1).float().mean())
@@ -283,6 +295,24 @@ def left_padded_prompts(batch: int, tokens: int, model, seed: int):
     return ids.to(device), mask.to(device)
 
 
+@contextlib.contextmanager
+def engine_kernels(model):
+    """The model as the engine runs it on CUDA, with Liger's fused RMSNorm and SwiGLU where
+    installed (`fused_kernels.use_fused_kernels`); transformers' own modules again after, for
+    the HF baseline."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    before = {module: vars(module).get("forward") for module in base.modules()}
+    use_fused_kernels(base)
+    try:
+        yield
+    finally:
+        for module, forward in before.items():
+            if forward is None:
+                vars(module).pop("forward", None)
+            else:
+                module.forward = forward
+
+
 def fast_generate(model, ids, mask, new_tokens: int) -> torch.Tensor:
     return greedy_generate(model, ids, mask, new_tokens, eos_token_id=None, pad_token_id=PAD)
 
@@ -305,16 +335,19 @@ def hf_generate(model, ids, mask, new_tokens: int) -> torch.Tensor:
 def distillation_rows(model, shape: str, sizes: Sizes, batches: list[int], env: dict) -> list:
     header(
         f"(b) distillation step, {shape}: LoRA r{sizes.lora_rank} on 7 projections, batch "
-        f"{sizes.distill_batch} x {sizes.student_tokens} tok ({sizes.answer_tokens} answer)",
-        ["step", "s/step", "tok/s", "TFLOP/s", "% peak", "TFLOP/s (6NT)", "% peak (6NT)"],
+        f"{'/'.join(map(str, sizes.distill_batches))} x {sizes.student_tokens} tok "
+        f"({sizes.answer_tokens} answer)",
+        ["step", "batch", "s/step", "tok/s", "TFLOP/s", "% peak", "TFLOP/s (6NT)", "% peak (6NT)"],
     )
     student = with_lora(model, sizes.lora_rank)
     rng = random.Random(0)
-    fixed = [random_example(sizes, sizes.student_tokens, model, rng) for _ in range(32)]
-    fixed = (fixed * -(-sizes.distill_batch // len(fixed)))[: sizes.distill_batch]
+    examples = [random_example(sizes, sizes.student_tokens, model, rng) for _ in range(32)]
     rows = []
-    for name, trainer in TRAINERS.items():
-        rows.append(fixed_length_row(student, shape, name, trainer, fixed, sizes, env))
+    for rows_per_step in sizes.distill_batches:
+        fixed = (examples * -(-rows_per_step // len(examples)))[:rows_per_step]
+        for name, trainer in TRAINERS.items():
+            rows.append(fixed_length_row(student, shape, name, trainer, fixed, sizes, env))
+            free()
     rows.extend(mixed_length_rows(student, shape, sizes, rng))
     return rows
 
@@ -340,8 +373,8 @@ class ReferenceTrainer:
     def __init__(self, model, rows: int):
         self.model = model
         self.params = [p for p in model.parameters() if p.requires_grad]
-        cuda = next(model.parameters()).is_cuda
-        self.optimizer = torch.optim.AdamW(self.params, lr=1e-3, weight_decay=0.0, fused=cuda)
+        # Fused on a CPU too: `clip_and_step` hands it the skip flag only fused AdamW takes.
+        self.optimizer = torch.optim.AdamW(self.params, lr=1e-3, weight_decay=0.0, fused=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
 
     def step(self, batch: list[Example]) -> torch.Tensor:
@@ -394,8 +427,8 @@ TRAINERS = {
 def fixed_length_row(student, shape, name, trainer_class, batch, sizes: Sizes, env) -> dict:
     seconds = train_for(student, trainer_class, [batch] * sizes.timed_steps, warmup=[batch] * 2)
     if math.isnan(seconds):
-        print_row([name, "out of memory"])
-        return {"shape": shape, "step": name, "error": "out of memory"}
+        print_row([name, len(batch), "out of memory"])
+        return {"shape": shape, "step": name, "batch": len(batch), "error": "out of memory"}
     per_step = seconds / sizes.timed_steps
     tokens = len(batch) * sizes.student_tokens
     kept = len(batch) * (sizes.answer_tokens + 1)
@@ -403,6 +436,7 @@ def fixed_length_row(student, shape, name, trainer_class, batch, sizes: Sizes, e
     row = {
         "shape": shape,
         "step": name,
+        "batch": len(batch),
         "seconds_per_step": per_step,
         "tokens_per_s": tokens / per_step,
         **{key: value / per_step / 1e12 for key, value in flops.items()},
@@ -410,7 +444,8 @@ def fixed_length_row(student, shape, name, trainer_class, batch, sizes: Sizes, e
     peak = env["peak_bf16_tflops"]
     row["percent_of_peak"] = 100 * row["tflops"] / peak if peak else None
     row["percent_of_peak_6nt"] = 100 * row["tflops_6nt"] / peak if peak else None
-    cells = [name, per_step, row["tokens_per_s"], row["tflops"], row["percent_of_peak"]]
+    cells = [name, len(batch), per_step, row["tokens_per_s"], row["tflops"]]
+    cells.append(row["percent_of_peak"])
     print_row([*cells, row["tflops_6nt"], row["percent_of_peak_6nt"]])
     return row
 
@@ -468,7 +503,7 @@ def mixed_length_rows(student, shape: str, sizes: Sizes, rng: random.Random) -> 
     random batches (the reference) vs length-bucketed batches. The second epoch is timed
     (the engine runs 8): each shape's first-time costs (allocations, graph captures) fall
     in the first."""
-    count = sizes.mixed_batches * sizes.distill_batch
+    count = sizes.mixed_batches * sizes.distill_batches[0]
     lengths = [rng.randint(sizes.student_tokens // 2, sizes.student_tokens) for _ in range(count)]
     examples = [random_example(sizes, length, student, rng) for length in lengths]
     rows = []
@@ -478,18 +513,20 @@ def mixed_length_rows(student, shape: str, sizes: Sizes, rng: random.Random) -> 
         ("CUDA-graphed, length-bucketed", GraphedTrainer, length_bucketed_batches),
     )
     for name, trainer_class, plan in plans:
-        epochs = [plan(examples, sizes.distill_batch, random.Random(seed)) for seed in (1, 2)]
+        epochs = [plan(examples, sizes.distill_batches[0], random.Random(seed)) for seed in (1, 2)]
         seconds = train_for(student, trainer_class, epochs[1], warmup=epochs[0])
         free()
         padded = sum(len(g) * max(len(e.student_ids) for e in g) for g in epochs[1])
         row = {
             "shape": shape,
             "step": f"mixed lengths: {name}",
+            "batch": sizes.distill_batches[0],
             "seconds_per_step": seconds / len(epochs[1]),
             "real_tokens_per_s": sum(lengths) / seconds,
             "padding_fraction": 1 - sum(lengths) / padded,
         }
-        print_row([row["step"], row["seconds_per_step"], row["real_tokens_per_s"], *[""] * 4])
+        cells = [row["step"], row["batch"], row["seconds_per_step"], row["real_tokens_per_s"]]
+        print_row([*cells, *[""] * 4])
         rows.append(row)
     return rows
 
@@ -529,8 +566,10 @@ def query_row(model, shape: str, setting: str, prompt_tokens: int, sizes: Sizes)
     new = sizes.answer_new_tokens
     ids, mask = left_padded_prompts(1, prompt_tokens, model, seed=3)
     release_graphs(model)  # the first call below allocates its cache and captures its graph
-    first_s, peak, extra = measure(lambda: fast_generate(model, ids, mask, new))
-    fast_s, _, _ = measure(lambda: fast_generate(model, ids, mask, new))
+    with engine_kernels(model):
+        first_s, peak, extra = measure(lambda: fast_generate(model, ids, mask, new))
+        fast_s, _, _ = measure(lambda: fast_generate(model, ids, mask, new))
+    release_graphs(model)
     _, hf_peak, hf_extra = measure(lambda: hf_generate(model, ids, mask, new))
     hf_s, _, _ = measure(lambda: hf_generate(model, ids, mask, new))
     row = {

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .chunking import Chunk
 from .elicit import TransferItem
-from .generation import adapter_disabled, chat_parts, encode_markup, encode_prompt, encode_text
+from .generation import adapter_disabled, chat_parts, encode_markup, encode_prompts, encode_texts
 from .models import LoadedModel
 from .prompts import teacher_prompt
 
@@ -51,22 +51,34 @@ def tokenize_items(
     tokenizer = lm.tokenizer
     end = [tokenizer.eos_token_id]
     before, after = chat_parts(tokenizer)
-    prefixes: dict[str, list[int]] = {}
-    examples = []
-    for item in items:
-        chunk = chunks[item.chunk_id].text
-        answer = encode_text(tokenizer, item.answer) + end
-        student = encode_prompt(tokenizer, item.prompt) + answer
-        teacher_user = teacher_prompt(chunk, item.prompt)
-        split = teacher_user.index(chunk) + len(chunk)
-        if item.chunk_id not in prefixes:
-            prefixes[item.chunk_id] = encode_markup(tokenizer, before) + encode_text(
-                tokenizer, teacher_user[:split]
-            )
-        suffix = encode_text(tokenizer, teacher_user[split:]) + encode_markup(tokenizer, after)
-        prefix = prefixes[item.chunk_id]
-        examples.append(Example(item, student, prefix, suffix + answer, len(answer)))
-    return examples
+    head, tail = encode_markup(tokenizer, before), encode_markup(tokenizer, after)
+    # The teacher's user turn is "<chunk part><item part>": split after the chunk, so the
+    # chunk's tokens are shared by its items.
+    teacher_users = [teacher_prompt(chunks[item.chunk_id].text, item.prompt) for item in items]
+    splits = [
+        user.index(chunks[item.chunk_id].text) + len(chunks[item.chunk_id].text)
+        for item, user in zip(items, teacher_users, strict=True)
+    ]
+    first_of_chunk = {}
+    for index, item in enumerate(items):
+        first_of_chunk.setdefault(item.chunk_id, index)
+    chunk_parts = encode_texts(
+        tokenizer, [teacher_users[i][: splits[i]] for i in first_of_chunk.values()]
+    )
+    prefixes = {
+        chunk_id: head + ids for chunk_id, ids in zip(first_of_chunk, chunk_parts, strict=True)
+    }
+    answers = [ids + end for ids in encode_texts(tokenizer, [item.answer for item in items])]
+    students = encode_prompts(tokenizer, [item.prompt for item in items])
+    suffixes = encode_texts(
+        tokenizer, [user[split:] for user, split in zip(teacher_users, splits, strict=True)]
+    )
+    return [
+        Example(
+            item, student + answer, prefixes[item.chunk_id], suffix + tail + answer, len(answer)
+        )
+        for item, student, suffix, answer in zip(items, students, suffixes, answers, strict=True)
+    ]
 
 
 def answer_logits(model, sequences: list[list[int]], answer_lens: list[int], pad_id: int):

@@ -37,12 +37,14 @@ def chat_prompt(tokenizer, user: str) -> str:
 
 def encode_prompt(tokenizer, user: str) -> list[int]:
     """Token ids of `chat_prompt(tokenizer, user)`, with `user` encoded as plain text."""
+    return encode_prompts(tokenizer, [user])[0]
+
+
+def encode_prompts(tokenizer, users: Sequence[str]) -> list[list[int]]:
+    """`encode_prompt` of each of `users`, the texts encoded in one batched tokenizer call."""
     before, after = chat_parts(tokenizer)
-    return (
-        encode_markup(tokenizer, before)
-        + encode_text(tokenizer, user)
-        + encode_markup(tokenizer, after)
-    )
+    head, tail = encode_markup(tokenizer, before), encode_markup(tokenizer, after)
+    return [head + body + tail for body in encode_texts(tokenizer, users)]
 
 
 def chat_parts(tokenizer) -> tuple[str, str]:
@@ -52,9 +54,17 @@ def chat_parts(tokenizer) -> tuple[str, str]:
 
 
 def encode_text(tokenizer, text: str) -> list[int]:
+    return encode_texts(tokenizer, [text])[0]
+
+
+def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each of `texts` as plain text, in one batched tokenizer call."""
+    if not texts:
+        return []
     # A document or question that contains "<|im_end|><|im_start|>assistant" must stay text:
     # encoded as special tokens it would end the user's turn and rewrite the prompt.
-    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    encoded = tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True)
+    return encoded["input_ids"]
 
 
 def encode_markup(tokenizer, text: str) -> list[int]:
@@ -78,7 +88,7 @@ def generate(
 ) -> list[str]:
     """Greedy answers to `users` (user-turn texts), in order, batched by similar length."""
     tokenizer = lm.tokenizer
-    encoded = [encode_prompt(tokenizer, user) for user in users]
+    encoded = encode_prompts(tokenizer, users)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     answers = [""] * len(encoded)
     for start in range(0, len(order), batch_size):

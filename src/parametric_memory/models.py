@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase as Tokenizer
 
 from .config import MemoryConfig
 from .errors import ModelLoadError
+from .fused_kernels import use_fused_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def load_model(config: MemoryConfig) -> LoadedModel:
         raise ModelLoadError(f"cannot load model {config.model!r}: {error}") from None
     model.to(device).eval()
     model.requires_grad_(False)
+    use_fused_kernels(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model, tokenizer, config.model, model_fingerprint(model))

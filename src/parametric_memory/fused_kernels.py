@@ -1,0 +1,92 @@
+"""Liger's Triton kernels for RMSNorm and the SwiGLU MLP, put into a loaded Llama-family
+model on CUDA (`pip install "parametric-memory[cuda]"`; without the package, nothing changes).
+
+A small model's decode step is a long chain of tiny kernels: HF's RMSNorm alone is six
+(cast, square, mean, rsqrt, two products), the MLP's activation two more. One fused kernel
+each made the default model's graphed decode step 1.36x faster at batch 1 on an H200
+(0.252 -> 0.185 s for 64 tokens) and its teacher pass 1.3x; training steps were unchanged.
+Liger's RoPE kernel is left out: it made training steps 1.2x slower there.
+
+Only this model's own modules change (their `forward`); other models in the process, on
+any device, keep transformers' code.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from types import MethodType
+
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+FUSED_KERNELS_ENV = "PARAMETRIC_MEMORY_FUSED_KERNELS"
+"""Set to 0 to keep transformers' own RMSNorm and MLP code on CUDA."""
+_SUPPORTED_MODEL_TYPES = frozenset({"llama"})
+"""Measured on; other RMSNorm + SwiGLU architectures would likely work but are untested."""
+_SWIGLU_ACTIVATIONS = frozenset({"silu", "swish"})
+
+
+def fused_kernels_available() -> bool:
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def use_fused_kernels(model: nn.Module) -> int:
+    """Swap Liger's kernels into `model`'s RMSNorm and gated-MLP modules when the model is a
+    supported architecture on CUDA, Liger is installed and $PARAMETRIC_MEMORY_FUSED_KERNELS is
+    not 0. Returns how many modules now use them."""
+    config = getattr(model, "config", None)
+    if (
+        os.environ.get(FUSED_KERNELS_ENV, "1") == "0"
+        or config is None
+        or getattr(config, "model_type", None) not in _SUPPORTED_MODEL_TYPES
+        or next(model.parameters()).device.type != "cuda"
+        or not fused_kernels_available()
+    ):
+        return 0
+    from liger_kernel.transformers.functional import liger_rms_norm, liger_swiglu
+
+    swiglu = getattr(config, "hidden_act", None) in _SWIGLU_ACTIVATIONS
+    swapped = 0
+    for module in model.modules():
+        if _is_rms_norm(module):
+            module.forward = MethodType(_rms_norm_forward(liger_rms_norm), module)
+            swapped += 1
+        elif swiglu and _is_gated_mlp(module):
+            module.forward = MethodType(_mlp_forward(liger_swiglu), module)
+            swapped += 1
+    logger.debug("Liger kernels in %d modules", swapped)
+    return swapped
+
+
+def _is_rms_norm(module: nn.Module) -> bool:
+    return (
+        type(module).__name__.endswith("RMSNorm")
+        and isinstance(getattr(module, "weight", None), nn.Parameter)
+        and hasattr(module, "variance_epsilon")
+    )
+
+
+def _is_gated_mlp(module: nn.Module) -> bool:
+    return type(module).__name__.endswith("MLP") and all(
+        hasattr(module, name) for name in ("gate_proj", "up_proj", "down_proj")
+    )
+
+
+def _rms_norm_forward(liger_rms_norm):
+    def forward(self, hidden_states):
+        # casting_mode "llama": statistics in float32, scaled input cast back, then weight.
+        return liger_rms_norm(hidden_states, self.weight, self.variance_epsilon)
+
+    return forward
+
+
+def _mlp_forward(liger_swiglu):
+    def forward(self, x):
+        # gate_proj/up_proj/down_proj are looked up at call time: LoRA layers peft injects
+        # later are used.
+        return self.down_proj(liger_swiglu(self.gate_proj(x), self.up_proj(x)))
+
+    return forward

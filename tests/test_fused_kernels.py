@@ -1,0 +1,91 @@
+"""Liger's fused RMSNorm and SwiGLU compute what transformers' modules compute, forward and
+backward through LoRA layers; they are used only on CUDA and can be switched off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from test_consolidate import CUDA
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from parametric_memory import MemoryConfig
+from parametric_memory.fused_kernels import (
+    FUSED_KERNELS_ENV,
+    fused_kernels_available,
+    use_fused_kernels,
+)
+from parametric_memory.models import load_model
+
+LIGER = pytest.mark.skipif(not fused_kernels_available(), reason="liger-kernel not installed")
+
+
+def small_llama(device: str, dtype=torch.float32) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    return LlamaForCausalLM(config).to(device=device, dtype=dtype)
+
+
+def with_lora(model: LlamaForCausalLM):
+    lora = LoraConfig(r=4, target_modules=["q_proj", "gate_proj", "up_proj", "down_proj"])
+    student = get_peft_model(model, lora)
+    for name, parameter in student.named_parameters():
+        if "lora_B" in name:  # non-zero, so the LoRA path changes the output
+            torch.nn.init.normal_(parameter, std=0.05)
+    return student
+
+
+def test_nothing_changes_on_cpu():
+    model = small_llama("cpu")
+    forwards = [module.forward for module in model.modules()]
+    assert use_fused_kernels(model) == 0
+    assert [module.forward for module in model.modules()] == forwards
+
+
+def test_a_cpu_model_loads_with_transformers_own_modules(tiny_config):
+    lm = load_model(MemoryConfig(**{**tiny_config.model_dump(), "device": "cpu"}))
+    assert all("forward" not in vars(module) for module in lm.model.modules())
+
+
+@CUDA
+@LIGER
+def test_fused_modules_give_the_same_logits_and_lora_gradients():
+    reference = with_lora(small_llama("cuda"))
+    fused = with_lora(small_llama("cuda"))
+    fused.load_state_dict(reference.state_dict())
+    swapped = use_fused_kernels(fused.get_base_model())
+    assert swapped == 2 * 2 + 1 + 2  # two norms a layer, the final norm, an MLP a layer
+    ids = torch.randint(0, 256, (3, 17), device="cuda")
+    outputs = []
+    for model in (reference, fused):
+        model.train()
+        logits = model(input_ids=ids).logits
+        logits.float().square().mean().backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        outputs.append((logits.detach(), grads))
+    (logits, grads), (fused_logits, fused_grads) = outputs
+    torch.testing.assert_close(fused_logits, logits, rtol=1e-4, atol=1e-4)
+    assert grads.keys() == fused_grads.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-3, atol=1e-5)
+
+
+@CUDA
+@LIGER
+def test_the_switch_keeps_transformers_modules(monkeypatch):
+    monkeypatch.setenv(FUSED_KERNELS_ENV, "0")
+    assert use_fused_kernels(small_llama("cuda")) == 0
+
+
+@CUDA
+@LIGER
+def test_a_cuda_model_loads_with_fused_modules(tiny_config):
+    lm = load_model(MemoryConfig(**{**tiny_config.model_dump(), "device": "cuda"}))
+    assert sum("forward" in vars(module) for module in lm.model.modules()) == 7
