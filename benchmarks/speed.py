@@ -1,9 +1,10 @@
 """Speed (issue 5): elicitation decoding, the distillation step, and query latency/memory,
 on random-weight models of real shapes (throughput does not depend on weight values).
 
-(a) elicitation: greedy tokens/s of `fast_generation.greedy_generate` vs HF `generate`, each
-    with its baseline measured in the same run, on the plain model and on the model wrapped
-    by peft with an active LoRA adapter (what the engine decodes with); no early EOS.
+(a) elicitation: greedy tokens/s of `fast_generation.greedy_generate` with the engine's CUDA
+    kernels (`fused_kernels`, where Liger is installed) vs stock HF `generate`, each with its
+    baseline measured in the same run, on the plain model (elicitation) and on the model
+    wrapped by peft with an active LoRA adapter (answering); no early EOS.
 (b) distillation: one LoRA student step (forward + backward + clip + fused AdamW), the
     reference step of `consolidate.train_student` vs `fast_distillation.train_step`, with
     achieved TFLOP/s and % of the card's bf16 dense peak.
