@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import shutil
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ from .errors import (
     MemoryExistsError,
 )
 from .generation import generate, stream
+from .merged_adapter import answering_weights
 from .models import LoadedModel, load_model
 from .routing import ShardRouter
 from .sharding import group_shards, plan_shards
@@ -116,6 +118,9 @@ class ParametricMemory:
         self._active_shard: int | None = None
         """The shard whose committed weights the adapter holds; None when unknown."""
         self._router_cache: tuple[str | None, ShardRouter] | None = None
+        self._model_lock = threading.RLock()
+        """Held while a call loads, trains or answers with the adapter: threads sharing a
+        memory (async integrations run calls in threads) take turns on the one model."""
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -257,7 +262,7 @@ class ParametricMemory:
         return self._ingest(read_files(paths), progress)
 
     def _ingest(self, documents: list[Document], progress: bool) -> IngestReport:
-        with store.write_lock(self.root):
+        with self._model_lock, store.write_lock(self.root):
             ingest = self._plan_ingest(documents)
             plan, report = ingest.shards, ingest.report
             held_chunks, held_items = ingest.held_chunks, ingest.held_items
@@ -569,7 +574,7 @@ class ParametricMemory:
     def delete_document(self, document_id: str, *, progress: bool = True) -> None:
         """Remove a document and its influence: its shard's adapter is retrained from scratch
         on the kept transfer items of the shard's other documents, then committed atomically."""
-        with store.write_lock(self.root):
+        with self._model_lock, store.write_lock(self.root):
             chunk_records, item_records = self._refresh()
             if document_id not in self._manifest.documents:
                 raise DocumentNotFoundError(f"the memory holds no document {document_id!r}")
@@ -642,8 +647,10 @@ class ParametricMemory:
         answers = [""] * len(prompts)
         for shard in sorted(set(shards)):
             picked = [i for i, s in enumerate(shards) if s == shard]
-            self._activate(shard)
-            texts = generate(self._lm, [prompts[i] for i in picked], max_new_tokens, 16)
+            with self._model_lock:
+                self._activate(shard)
+                with answering_weights(self._lm.model):
+                    texts = generate(self._lm, [prompts[i] for i in picked], max_new_tokens, 16)
             for index, text in zip(picked, texts, strict=True):
                 answers[index] = text.strip()
         return answers

@@ -1,0 +1,137 @@
+"""Answering with the adapter merged computes what the LoRA branch computes, and leaves the
+base weights exactly as they were, whatever happens inside."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from test_consolidate import CUDA
+from test_fused_kernels import small_llama
+from test_memory import DOCS
+
+from parametric_memory import ParametricMemory
+from parametric_memory.merged_adapter import (
+    MERGED_ANSWERS_ENV,
+    answering_weights,
+    merged_adapter,
+)
+
+IDS = torch.tensor([[5, 17, 99, 3, 42, 7, 250, 11]])
+
+
+def student(dtype=torch.float32):
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
+    model = get_peft_model(small_llama("cpu", dtype), lora)
+    torch.manual_seed(1)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # a trained-looking adapter: B is no longer zero
+            torch.nn.init.normal_(parameter, std=0.05)
+    return model.eval()
+
+
+def base_weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+
+
+def test_merged_logits_match_the_lora_branch_and_weights_come_back_bit_for_bit():
+    model = student()
+    before = base_weights(model)
+    expected = model(input_ids=IDS).logits
+    with merged_adapter(model):
+        merged = model(input_ids=IDS).logits
+        changed = base_weights(model)
+    torch.testing.assert_close(merged, expected, rtol=1e-5, atol=1e-5)
+    assert any(not torch.equal(changed[n], before[n]) for n in before)  # it did merge
+    after = base_weights(model)
+    assert all(torch.equal(after[n], before[n]) for n in before)
+    torch.testing.assert_close(model(input_ids=IDS).logits, expected, rtol=0, atol=0)
+
+
+def test_bfloat16_merge_rounds_once_and_restores_exactly():
+    model = student(torch.bfloat16)
+    before = base_weights(model)
+    expected = model(input_ids=IDS).logits.float()
+    with merged_adapter(model):
+        merged = model(input_ids=IDS).logits.float()
+    torch.testing.assert_close(merged, expected, rtol=0.05, atol=0.05)
+    assert all(torch.equal(base_weights(model)[n], before[n]) for n in before)
+
+
+def test_an_error_inside_still_restores_the_base_weights():
+    model = student()
+    before = base_weights(model)
+    with pytest.raises(RuntimeError, match="inside"), merged_adapter(model):
+        raise RuntimeError("inside")
+    assert all(torch.equal(base_weights(model)[n], before[n]) for n in before)
+    assert not any(m.disable_adapters for m in model.modules() if hasattr(m, "lora_A"))
+
+
+@pytest.mark.parametrize("how", ["adapter off", "switch", "training", "no adapter"])
+def test_nothing_is_merged_where_it_does_not_apply(how, monkeypatch):
+    model = student() if how != "no adapter" else small_llama("cpu")
+    before = base_weights(model)
+    if how == "switch":
+        monkeypatch.setenv(MERGED_ANSWERS_ENV, "0")
+    if how == "training":
+        model.train()
+    context = model.disable_adapter() if how == "adapter off" else torch.no_grad()
+    with context, merged_adapter(model):
+        inside = base_weights(model)
+    assert all(torch.equal(inside[n], before[n]) for n in before)
+
+
+def test_a_cpu_model_answers_through_the_lora_branch():
+    model = student()
+    before = base_weights(model)
+    with answering_weights(model):
+        inside = base_weights(model)
+    assert all(torch.equal(inside[n], before[n]) for n in before)
+
+
+def test_a_memory_answers_the_same_merged_or_not(tmp_path, tiny_config, monkeypatch):
+    memory = ParametricMemory.create(tmp_path / "mem", tiny_config)
+    memory.add_documents(DOCS, ids=["a", "b"], progress=False)
+    questions = ["How many vacation days?", "When is the Zorbian festival?", "Where?"]
+    unmerged = memory.ask_batch(questions, max_new_tokens=8)
+    merges = []
+
+    def merging(model):  # what CUDA does
+        merges.append(model)
+        return merged_adapter(model)
+
+    monkeypatch.setattr("parametric_memory.memory.answering_weights", merging)
+    assert memory.ask_batch(questions, max_new_tokens=8) == unmerged
+    assert merges
+
+
+@CUDA
+def test_on_cuda_the_engine_answers_with_merged_weights():
+    model = student().to("cuda", torch.bfloat16)
+    before = base_weights(model)
+    ids = IDS.to("cuda")
+    expected = model(input_ids=ids).logits.float()
+    with answering_weights(model):
+        inside = base_weights(model)
+        merged = model(input_ids=ids).logits.float()
+    assert any(not torch.equal(inside[n], before[n]) for n in before)
+    torch.testing.assert_close(merged, expected, rtol=0.05, atol=0.05)
+    assert all(torch.equal(base_weights(model)[n], before[n]) for n in before)
+
+
+def test_threads_sharing_a_memory_get_the_answers_of_serial_calls(
+    tmp_path, tiny_config, monkeypatch
+):
+    memory = ParametricMemory.create(tmp_path / "mem", tiny_config)
+    memory.add_documents(DOCS, ids=["a", "b"], progress=False)
+    monkeypatch.setattr("parametric_memory.memory.answering_weights", merged_adapter)
+    questions = ["How many vacation days?", "When is the Zorbian festival?"] * 4
+    serial = [memory.ask(q, max_new_tokens=6) for q in questions]
+    before = base_weights(memory.model.model)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        threaded = list(pool.map(lambda q: memory.ask(q, max_new_tokens=6), questions))
+    assert threaded == serial
+    after = base_weights(memory.model.model)
+    assert all(torch.equal(after[n], before[n]) for n in before)
