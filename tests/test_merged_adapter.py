@@ -135,3 +135,28 @@ def test_threads_sharing_a_memory_get_the_answers_of_serial_calls(
     assert threaded == serial
     after = base_weights(memory.model.model)
     assert all(torch.equal(after[n], before[n]) for n in before)
+
+
+def test_a_merged_stream_matches_ask_and_leaving_it_early_restores_everything(
+    tmp_path, tiny_config, monkeypatch
+):
+    memory = ParametricMemory.create(tmp_path / "mem", tiny_config)
+    memory.add_documents(DOCS[:1], ids=["a"], progress=False)
+    monkeypatch.setattr("parametric_memory.memory.answering_weights", merged_adapter)
+    question = "Where is the office?"
+    streamed = "".join(memory.stream(question, max_new_tokens=6)).strip()
+    assert streamed == memory.ask(question, max_new_tokens=6)
+    before = base_weights(memory.model.model)
+    pieces = memory.stream(question, max_new_tokens=6)
+    next(pieces, None)
+    pieces.close()
+    assert all(torch.equal(base_weights(memory.model.model)[n], before[n]) for n in before)
+
+    def take_the_model() -> bool:
+        if not memory._model_lock.acquire(blocking=False):
+            return False
+        memory._model_lock.release()
+        return True
+
+    with ThreadPoolExecutor(max_workers=1) as pool:  # another thread can take the model
+        assert pool.submit(take_the_model).result()

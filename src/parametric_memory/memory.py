@@ -635,8 +635,14 @@ class ParametricMemory:
     def stream(self, question: str, *, max_new_tokens: int = 128) -> Iterator[str]:
         """Like `ask`, yielding text as it is generated."""
         _check_query(question, "question")
-        self._activate(self._router().shards_for([question])[0])
-        return stream(self._lm, question, max_new_tokens)
+        return self._stream_routed(question, max_new_tokens)
+
+    def _stream_routed(self, question: str, max_new_tokens: int) -> Iterator[str]:
+        shard = self._router().shards_for([question])[0]
+        with self._model_lock:
+            self._activate(shard)
+            with answering_weights(self._lm.model):
+                yield from stream(self._lm, question, max_new_tokens)
 
     def _generate_routed(
         self, prompts: list[str], routing_texts: list[str], max_new_tokens: int
