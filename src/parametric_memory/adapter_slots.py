@@ -39,9 +39,12 @@ class AdapterSlots:
             raise ValueError(f"need at least one adapter slot, got {slots}")
         self.model = lm.model
         self.slots = slots
-        self._layers = [m for m in self.model.modules() if isinstance(m, LoraLayer)]
-        if not self._layers:
+        named = [(n, m) for n, m in self.model.named_modules() if isinstance(m, LoraLayer)]
+        if not named:
             raise ValueError(f"{lm.name} has no LoRA adapter to copy into slots")
+        self._layers = [module for _, module in named]
+        self._keys = [(f"{n}.lora_A.weight", f"{n}.lora_B.weight") for n, _ in named]
+        """Each layer's keys in peft's saved state dict (module path, adapter name left out)."""
         self._shapes: list[tuple[int, int, int]] = []  # (in, rank, out) of each layer
         pieces, scales = [], []
         for layer in self._layers:
@@ -113,6 +116,24 @@ class AdapterSlots:
             a, b = _lora_weights(layer)
             a.copy_(parts[2 * index].view(fan_in, rank).t())
             b.copy_(parts[2 * index + 1].view(rank, fan_out).t())
+
+    @torch.no_grad()
+    def host_weights(self) -> torch.Tensor:
+        """[slots, n] every slot's weights in host memory, copied in one transfer."""
+        return self.weights.detach().to("cpu")
+
+    def state_dict(self, slot: int, host_weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Slot `slot` as peft's `get_peft_model_state_dict` gives the adapter after
+        `copy_to_adapter(slot)`: the same keys and values, contiguous, on the CPU
+        (`host_weights` is `host_weights()`)."""
+        parts = host_weights[slot].split(self._sizes)
+        tensors = {}
+        for index, ((fan_in, rank, fan_out), (key_a, key_b)) in enumerate(
+            zip(self._shapes, self._keys, strict=True)
+        ):
+            tensors[key_a] = parts[2 * index].view(fan_in, rank).t().contiguous()
+            tensors[key_b] = parts[2 * index + 1].view(rank, fan_out).t().contiguous()
+        return tensors
 
     def finite(self) -> torch.Tensor:
         """[slots] bool: whether every weight of each slot is finite."""

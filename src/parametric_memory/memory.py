@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from . import store
+from .adapter_files import adapter_config_json, write_adapter
 from .chunking import Chunk, chunk_document
 from .config import MemoryConfig
 from .consolidate import attach_adapter, reset_adapter
@@ -385,13 +386,16 @@ class ParametricMemory:
         self._active_shard = None  # the adapter is about to hold uncommitted weights
         reset_adapter(self._lm, config.seed)
         outcomes, slots = transform_fresh_documents(self._lm, chunks, config, rngs)
+        config_json = adapter_config_json(self._lm.model)
+        host_weights = slots.host_weights()
         results = []
         for slot, (shard, document) in enumerate(zip(shards, documents, strict=True)):
-            slots.copy_to_adapter(slot)
-            self._lm.model.save_pretrained(folder / store.shard_dir(shard))
+            tensors = slots.state_dict(slot, host_weights)
+            write_adapter(folder / store.shard_dir(shard), config_json, tensors)
             selected = outcomes[slot].selected
             record = _record(document, shard, chunks[slot], selected)
             results.append(ShardResult(shard, {document.id: record}, chunks[slot], selected))
+        slots.copy_to_adapter(len(shards) - 1)  # the adapter holds the last shard's weights
         return results
 
     def _commit_results(

@@ -1,0 +1,52 @@
+"""A slot written straight from the stacked adapter is the folder `save_pretrained` writes
+after `copy_to_adapter(slot)`: the same config bytes, keys and tensors, loadable by peft."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import PeftModel
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
+from safetensors.torch import load_file
+from test_consolidate import CUDA, student
+from test_fast_generation import load, model_dir  # noqa: F401
+
+from parametric_memory.adapter_files import adapter_config_json, write_adapter
+from parametric_memory.adapter_slots import AdapterSlots
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
+def test_written_slots_equal_what_save_pretrained_writes(model_dir, tmp_path, device):  # noqa: F811
+    lm = student(model_dir, device)
+    slots = AdapterSlots(lm, 3)
+    with torch.no_grad():
+        slots.weights.normal_(std=0.1)  # every slot different, B no longer zero
+    config_json = adapter_config_json(lm.model)
+    host = slots.host_weights()
+    for slot in range(3):
+        write_adapter(tmp_path / f"fast-{slot}", config_json, slots.state_dict(slot, host))
+        slots.copy_to_adapter(slot)
+        lm.model.save_pretrained(tmp_path / f"peft-{slot}")
+    for slot in range(3):
+        fast, peft = tmp_path / f"fast-{slot}", tmp_path / f"peft-{slot}"
+        assert (fast / CONFIG_NAME).read_bytes() == (peft / CONFIG_NAME).read_bytes()
+        written = load_file(fast / SAFETENSORS_WEIGHTS_NAME)
+        expected = load_file(peft / SAFETENSORS_WEIGHTS_NAME)
+        assert written.keys() == expected.keys() and len(written) == 2 * len(slots._layers)
+        assert all(torch.equal(written[key], expected[key]) for key in expected)
+    first = load_file(tmp_path / "fast-0" / SAFETENSORS_WEIGHTS_NAME)
+    assert any(not torch.equal(written[key], first[key]) for key in first)  # slots differ
+
+
+def test_a_written_slot_loads_into_peft(model_dir, tmp_path):  # noqa: F811
+    lm = student(model_dir)
+    slots = AdapterSlots(lm, 2)
+    with torch.no_grad():
+        slots.weights.normal_(std=0.1)
+    write_adapter(
+        tmp_path / "a", adapter_config_json(lm.model), slots.state_dict(1, slots.host_weights())
+    )
+    loaded = PeftModel.from_pretrained(load(model_dir, "cpu"), tmp_path / "a")
+    slots.copy_to_adapter(1)
+    ids = torch.tensor([[3, 14, 15, 92, 65]])
+    torch.testing.assert_close(loaded(input_ids=ids).logits, lm.model(input_ids=ids).logits)
