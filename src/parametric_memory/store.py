@@ -253,20 +253,27 @@ def _link_shards(
     into `staging`; returns their sha256 by path relative to the state folder."""
     carried = {}
     prefix = f"{manifest.state}/"
-    for shard in shards:
-        folder = f"{prefix}{shard_dir(shard)}/"
-        for relative, digest in manifest.files.items():
-            if not relative.startswith(folder):
-                continue
-            inside = relative.removeprefix(prefix)
-            target = staging / inside
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(root / relative, target)
-            except OSError:
-                shutil.copy2(root / relative, target)
-            carried[inside] = digest
+    wanted = {f"{shard_dir(shard)}/" for shard in shards}
+    for relative, digest in manifest.files.items():
+        inside = relative.removeprefix(prefix)
+        if inside == relative or _shard_folder(inside) not in wanted:
+            continue
+        target = staging / inside
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(root / relative, target)
+        except OSError:
+            shutil.copy2(root / relative, target)
+        carried[inside] = digest
     return carried
+
+
+def _shard_folder(inside: str) -> str | None:
+    """ "shards/0007/" for "shards/0007/adapter_model.safetensors"; None outside shards."""
+    parts = inside.split("/", 2)
+    if len(parts) < 3 or parts[0] != SHARDS_DIR:
+        return None
+    return f"{parts[0]}/{parts[1]}/"
 
 
 def hash_tree(folder: Path, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
