@@ -637,7 +637,8 @@ class ParametricMemory:
         return self._generate_routed(list(questions), list(questions), max_new_tokens)
 
     def stream(self, question: str, *, max_new_tokens: int = 128) -> Iterator[str]:
-        """Like `ask`, yielding text as it is generated."""
+        """Like `ask`, yielding text as it is generated. Other calls on this memory wait
+        until the stream is exhausted or closed (`close()`, or leaving a `for` loop early)."""
         _check_query(question, "question")
         return self._stream_routed(question, max_new_tokens)
 
