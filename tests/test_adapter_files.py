@@ -22,9 +22,9 @@ def test_written_slots_equal_what_save_pretrained_writes(model_dir, tmp_path, de
     with torch.no_grad():
         slots.weights.normal_(std=0.1)  # every slot different, B no longer zero
     config_json = adapter_config_json(lm.model)
-    host = slots.host_weights()
+    for slot, tensors in enumerate(slots.state_dicts()):
+        write_adapter(tmp_path / f"fast-{slot}", config_json, tensors)
     for slot in range(3):
-        write_adapter(tmp_path / f"fast-{slot}", config_json, slots.state_dict(slot, host))
         slots.copy_to_adapter(slot)
         lm.model.save_pretrained(tmp_path / f"peft-{slot}")
     for slot in range(3):
@@ -43,9 +43,7 @@ def test_a_written_slot_loads_into_peft(model_dir, tmp_path):  # noqa: F811
     slots = AdapterSlots(lm, 2)
     with torch.no_grad():
         slots.weights.normal_(std=0.1)
-    write_adapter(
-        tmp_path / "a", adapter_config_json(lm.model), slots.state_dict(1, slots.host_weights())
-    )
+    write_adapter(tmp_path / "a", adapter_config_json(lm.model), list(slots.state_dicts())[1])
     loaded = PeftModel.from_pretrained(load(model_dir, "cpu"), tmp_path / "a")
     slots.copy_to_adapter(1)
     ids = torch.tensor([[3, 14, 15, 92, 65]])

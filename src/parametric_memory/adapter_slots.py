@@ -109,31 +109,30 @@ class AdapterSlots:
     @torch.no_grad()
     def copy_to_adapter(self, slot: int) -> None:
         """Write slot `slot`'s weights into the model's own (peft) adapter."""
-        parts = self.weights[slot].split(self._sizes)
-        for index, (layer, (fan_in, rank, fan_out)) in enumerate(
-            zip(self._layers, self._shapes, strict=True)
-        ):
-            a, b = _lora_weights(layer)
-            a.copy_(parts[2 * index].view(fan_in, rank).t())
-            b.copy_(parts[2 * index + 1].view(rank, fan_out).t())
+        for layer, (a, b) in zip(self._layers, self._unpack(self.weights[slot]), strict=True):
+            lora_a, lora_b = _lora_weights(layer)
+            lora_a.copy_(a)
+            lora_b.copy_(b)
 
     @torch.no_grad()
-    def host_weights(self) -> torch.Tensor:
-        """[slots, n] every slot's weights in host memory, copied in one transfer."""
-        return self.weights.detach().to("cpu")
+    def state_dicts(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Every slot in turn as peft's `get_peft_model_state_dict` gives the adapter after
+        `copy_to_adapter(slot)`: the same keys and values, contiguous, on the CPU (all slots
+        come to host memory in one copy first)."""
+        for row in self.weights.detach().to("cpu"):
+            tensors = {}
+            for (key_a, key_b), (a, b) in zip(self._keys, self._unpack(row), strict=True):
+                tensors[key_a], tensors[key_b] = a.contiguous(), b.contiguous()
+            yield tensors
 
-    def state_dict(self, slot: int, host_weights: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Slot `slot` as peft's `get_peft_model_state_dict` gives the adapter after
-        `copy_to_adapter(slot)`: the same keys and values, contiguous, on the CPU
-        (`host_weights` is `host_weights()`)."""
-        parts = host_weights[slot].split(self._sizes)
-        tensors = {}
-        for index, ((fan_in, rank, fan_out), (key_a, key_b)) in enumerate(
-            zip(self._shapes, self._keys, strict=True)
-        ):
-            tensors[key_a] = parts[2 * index].view(fan_in, rank).t().contiguous()
-            tensors[key_b] = parts[2 * index + 1].view(rank, fan_out).t().contiguous()
-        return tensors
+    def _unpack(self, row: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's (lora_A [rank, in], lora_B [out, rank]) views of one slot's row."""
+        parts = row.split(self._sizes)
+        for index, (fan_in, rank, fan_out) in enumerate(self._shapes):
+            yield (
+                parts[2 * index].view(fan_in, rank).t(),
+                parts[2 * index + 1].view(rank, fan_out).t(),
+            )
 
     def finite(self) -> torch.Tensor:
         """[slots] bool: whether every weight of each slot is finite."""

@@ -387,10 +387,10 @@ class ParametricMemory:
         reset_adapter(self._lm, config.seed)
         outcomes, slots = transform_fresh_documents(self._lm, chunks, config, rngs)
         config_json = adapter_config_json(self._lm.model)
-        host_weights = slots.host_weights()
         results = []
-        for slot, (shard, document) in enumerate(zip(shards, documents, strict=True)):
-            tensors = slots.state_dict(slot, host_weights)
+        for slot, (shard, document, tensors) in enumerate(
+            zip(shards, documents, slots.state_dicts(), strict=True)
+        ):
             write_adapter(folder / store.shard_dir(shard), config_json, tensors)
             selected = outcomes[slot].selected
             record = _record(document, shard, chunks[slot], selected)

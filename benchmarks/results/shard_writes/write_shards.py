@@ -54,9 +54,8 @@ def write(way: str, lm, slots: AdapterSlots, folder: Path) -> None:
             lm.model.save_pretrained(folder / f"before{slot}")
         return
     config_json = adapter_config_json(lm.model)
-    host = slots.host_weights()
-    for slot in range(SHARDS):
-        write_adapter(folder / f"now{slot}", config_json, slots.state_dict(slot, host))
+    for slot, tensors in enumerate(slots.state_dicts()):
+        write_adapter(folder / f"now{slot}", config_json, tensors)
 
 
 if __name__ == "__main__":
