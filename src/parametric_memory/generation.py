@@ -53,10 +53,6 @@ def chat_parts(tokenizer) -> tuple[str, str]:
     return before, after
 
 
-def encode_text(tokenizer, text: str) -> list[int]:
-    return encode_texts(tokenizer, [text])[0]
-
-
 def encode_texts(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     """Token ids of each of `texts` as plain text, in one batched tokenizer call."""
     if not texts:
