@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from test_consolidate import CUDA
-from test_fused_kernels import small_llama
+from test_fast_generation import load, model_dir  # noqa: F401
 from test_memory import DOCS
 
 from parametric_memory import ParametricMemory
@@ -22,9 +22,9 @@ from parametric_memory.merged_adapter import (
 IDS = torch.tensor([[5, 17, 99, 3, 42, 7, 250, 11]])
 
 
-def student(dtype=torch.float32):
+def student(model_dir, dtype=torch.float32):  # noqa: F811
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"])
-    model = get_peft_model(small_llama("cpu", dtype), lora)
+    model = get_peft_model(load(model_dir, "cpu", dtype), lora)
     torch.manual_seed(1)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:  # a trained-looking adapter: B is no longer zero
@@ -36,8 +36,8 @@ def base_weights(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
 
 
-def test_merged_logits_match_the_lora_branch_and_weights_come_back_bit_for_bit():
-    model = student()
+def test_merged_logits_match_the_lora_branch_and_weights_come_back_bit_for_bit(model_dir):  # noqa: F811
+    model = student(model_dir)
     before = base_weights(model)
     expected = model(input_ids=IDS).logits
     with merged_adapter(model):
@@ -50,8 +50,8 @@ def test_merged_logits_match_the_lora_branch_and_weights_come_back_bit_for_bit()
     torch.testing.assert_close(model(input_ids=IDS).logits, expected, rtol=0, atol=0)
 
 
-def test_bfloat16_merge_rounds_once_and_restores_exactly():
-    model = student(torch.bfloat16)
+def test_bfloat16_merge_rounds_once_and_restores_exactly(model_dir):  # noqa: F811
+    model = student(model_dir, torch.bfloat16)
     before = base_weights(model)
     expected = model(input_ids=IDS).logits.float()
     with merged_adapter(model):
@@ -60,8 +60,8 @@ def test_bfloat16_merge_rounds_once_and_restores_exactly():
     assert all(torch.equal(base_weights(model)[n], before[n]) for n in before)
 
 
-def test_an_error_inside_still_restores_the_base_weights():
-    model = student()
+def test_an_error_inside_still_restores_the_base_weights(model_dir):  # noqa: F811
+    model = student(model_dir)
     before = base_weights(model)
     with pytest.raises(RuntimeError, match="inside"), merged_adapter(model):
         raise RuntimeError("inside")
@@ -70,8 +70,8 @@ def test_an_error_inside_still_restores_the_base_weights():
 
 
 @pytest.mark.parametrize("how", ["adapter off", "switch", "training", "no adapter"])
-def test_nothing_is_merged_where_it_does_not_apply(how, monkeypatch):
-    model = student() if how != "no adapter" else small_llama("cpu")
+def test_nothing_is_merged_where_it_does_not_apply(model_dir, how, monkeypatch):  # noqa: F811
+    model = student(model_dir) if how != "no adapter" else load(model_dir)
     before = base_weights(model)
     if how == "switch":
         monkeypatch.setenv(MERGED_ANSWERS_ENV, "0")
@@ -83,8 +83,8 @@ def test_nothing_is_merged_where_it_does_not_apply(how, monkeypatch):
     assert all(torch.equal(inside[n], before[n]) for n in before)
 
 
-def test_a_cpu_model_answers_through_the_lora_branch():
-    model = student()
+def test_a_cpu_model_answers_through_the_lora_branch(model_dir):  # noqa: F811
+    model = student(model_dir)
     before = base_weights(model)
     with answering_weights(model):
         inside = base_weights(model)
@@ -108,8 +108,8 @@ def test_a_memory_answers_the_same_merged_or_not(tmp_path, tiny_config, monkeypa
 
 
 @CUDA
-def test_on_cuda_the_engine_answers_with_merged_weights():
-    model = student().to("cuda", torch.bfloat16)
+def test_on_cuda_the_engine_answers_with_merged_weights(model_dir):  # noqa: F811
+    model = student(model_dir).to("cuda", torch.bfloat16)
     before = base_weights(model)
     ids = IDS.to("cuda")
     expected = model(input_ids=ids).logits.float()
