@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .answer_positions import answer_mask, answer_positions, logits_at, right_padded
 from .chunking import Chunk
 from .elicit import TransferItem
 from .generation import adapter_disabled, chat_parts, encode_markup, encode_prompts, encode_texts
@@ -82,24 +83,13 @@ def tokenize_items(
 
 
 def answer_logits(model, sequences: list[list[int]], answer_lens: list[int], pad_id: int):
-    """Logits predicting each sequence's answer tokens, as a [batch, max_answer, vocab] tensor
-    (left-aligned per row) and a matching mask. Left padding puts every answer at the end, so
-    the LM head runs only on the last positions."""
+    """Logits predicting each sequence's answer tokens (which end it), as a [batch,
+    max_answer, vocab] tensor (left-aligned per row) and a matching mask."""
     device = next(model.parameters()).device
-    width = max(len(s) for s in sequences)
-    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        input_ids[row, width - len(seq) :] = torch.tensor(seq)
-        mask[row, width - len(seq) :] = 1
-    input_ids, mask = input_ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    keep = max(answer_lens) + 1
-    logits = model(
-        input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep
-    ).logits
-    # Position t predicts token t+1: the answer's logits are the keep-1 positions before the end.
-    return _left_aligned(logits[:, :-1], answer_lens)
+    input_ids = right_padded(sequences, pad_id).to(device)
+    positions = answer_positions([len(s) for s in sequences], answer_lens).to(device)
+    logits = logits_at(model, input_ids, positions)
+    return logits, answer_mask(answer_lens).to(device)
 
 
 def _left_aligned(
@@ -110,10 +100,10 @@ def _left_aligned(
     longest = logits.shape[1]
     lens = torch.tensor(answer_lens, device=logits.device)
     steps = torch.arange(longest, device=logits.device)
-    answer_mask = steps[None, :] < lens[:, None]
+    mask = steps[None, :] < lens[:, None]
     source = (longest - lens[:, None] + steps[None, :]).clamp(max=longest - 1)
     index = source[:, :, None].expand(-1, -1, logits.shape[-1])
-    return logits.gather(1, index), answer_mask
+    return logits.gather(1, index), mask
 
 
 def answer_targets(sequences: list[list[int]], answer_lens: list[int]) -> torch.Tensor:
@@ -189,9 +179,9 @@ def _teacher_batch(lm, prefix_cache, prefix_len: int, batch: list[Example], top_
     source = (torch.arange(width)[None, :] - (width - ends[:, None])).clamp(min=0).to(device)
     source = source[:, -tail:]
     aligned = logits.gather(1, source[:, :-1, None].expand(-1, -1, logits.shape[-1]))
-    answer_logits_, answer_mask = _left_aligned(aligned, lens)
+    answer_logits_, mask = _left_aligned(aligned, lens)
     targets, _ = _left_aligned(ids.to(device).gather(1, source[:, 1:])[:, :, None], lens)
-    _keep_targets(batch, answer_logits_, answer_mask, targets, top_k)
+    _keep_targets(batch, answer_logits_, mask, targets, top_k)
 
 
 def _teacher_batch_whole(lm: LoadedModel, batch: list[Example], top_k: int) -> None:
@@ -205,15 +195,15 @@ def _teacher_batch_whole(lm: LoadedModel, batch: list[Example], top_k: int) -> N
 def _keep_targets(
     batch: list[Example],
     answer_logits_: torch.Tensor,
-    answer_mask: torch.Tensor,
+    mask: torch.Tensor,
     targets: torch.Tensor,
     top_k: int,
 ) -> None:
     """Store each row's top-k teacher log-probs and answer NLL in its example."""
     logprobs = torch.log_softmax(answer_logits_.float(), dim=-1)
     values, indices = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
-    token_nll = -logprobs.gather(-1, targets).squeeze(-1) * answer_mask
-    nll = token_nll.sum(-1) / answer_mask.sum(-1)
+    token_nll = -logprobs.gather(-1, targets).squeeze(-1) * mask
+    nll = token_nll.sum(-1) / mask.sum(-1)
     values, indices, nll = values.cpu(), indices.cpu(), nll.cpu().tolist()
     for row, example in enumerate(batch):
         example.topk_logprobs = values[row, : example.answer_len].clone()

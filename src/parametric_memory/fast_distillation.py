@@ -6,8 +6,8 @@ with a per-row copy. For a small model the step is bound by Python and kernel la
 (SmolLM2-135M on an H200: ~0.15-0.2 s a step, 1-2% of the card's peak). Here:
 
 * `collate` builds the padded batch once, in pinned memory, copied without blocking;
-* answers stay right-aligned (left padding puts every answer at the end), so the loss takes
-  one slice of the logits, with no per-row copy;
+* rows are right-padded with no attention mask and the LM head runs only at the answer
+  positions (`answer_positions`), so attention takes the fast causal path;
 * `length_bucketed_batches` groups examples of similar length, so less padding is computed;
 * `GraphedStudentTrainer` captures the whole step (forward, backward, clip, fused AdamW) in
   one CUDA graph per padded shape and replays it: 3.7x faster than the reference step for
@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .answer_positions import answer_mask, answer_positions, logits_at, right_padded
 from .config import ConsolidationConfig
 from .distillation import Example, topk_kl_loss
 from .models import LoadedModel
@@ -47,14 +48,14 @@ logger = logging.getLogger(__name__)
 @dataclass
 class StudentBatch:
     input_ids: torch.Tensor
-    """[batch, width], left-padded student sequences (prompt + answer + end token)."""
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
+    """[batch, width], right-padded student sequences (prompt + answer + end token)."""
+    answer_positions: torch.Tensor
+    """[batch, longest answer], the position whose logits predict each answer token."""
     topk_ids: torch.Tensor
-    """[batch, longest answer, k] teacher top-k ids, right-aligned like the answers."""
+    """[batch, longest answer, k] teacher top-k ids, from each row's first answer token."""
     topk_logprobs: torch.Tensor
     answer_mask: torch.Tensor
-    """[batch, longest answer], True on each row's answer tokens (the last ones)."""
+    """[batch, longest answer], True on each row's answer tokens (the first answer_len)."""
 
 
 def length_bucketed_batches(
@@ -68,23 +69,20 @@ def length_bucketed_batches(
 
 
 def collate(examples: Sequence[Example], pad_id: int, device: torch.device) -> StudentBatch:
-    width = max(len(e.student_ids) for e in examples)
-    longest = max(e.answer_len for e in examples)
-    k = examples[0].topk_ids.shape[-1]
-    rows = len(examples)
-    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((rows, width), dtype=torch.long)
-    topk_ids = torch.zeros((rows, longest, k), dtype=torch.long)
-    topk_logprobs = torch.zeros((rows, longest, k), dtype=torch.float32)
-    answer_mask = torch.zeros((rows, longest), dtype=torch.bool)
+    answer_lens = [e.answer_len for e in examples]
+    longest, k = max(answer_lens), examples[0].topk_ids.shape[-1]
+    topk_ids = torch.zeros((len(examples), longest, k), dtype=torch.long)
+    topk_logprobs = torch.zeros((len(examples), longest, k), dtype=torch.float32)
     for row, example in enumerate(examples):
-        input_ids[row, width - len(example.student_ids) :] = torch.tensor(example.student_ids)
-        attention_mask[row, width - len(example.student_ids) :] = 1
-        topk_ids[row, longest - example.answer_len :] = example.topk_ids
-        topk_logprobs[row, longest - example.answer_len :] = example.topk_logprobs
-        answer_mask[row, longest - example.answer_len :] = True
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    tensors = (input_ids, attention_mask, position_ids, topk_ids, topk_logprobs, answer_mask)
+        topk_ids[row, : example.answer_len] = example.topk_ids
+        topk_logprobs[row, : example.answer_len] = example.topk_logprobs
+    tensors = (
+        right_padded([e.student_ids for e in examples], pad_id),
+        answer_positions([len(e.student_ids) for e in examples], answer_lens),
+        topk_ids,
+        topk_logprobs,
+        answer_mask(answer_lens),
+    )
     return StudentBatch(*(_to_device(t, device) for t in tensors))
 
 
@@ -95,16 +93,8 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def answer_position_logits(model, batch: StudentBatch) -> torch.Tensor:
-    """[batch, longest answer, vocab] logits predicting the (right-aligned) answer tokens."""
-    longest = batch.answer_mask.shape[1]
-    logits = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        logits_to_keep=longest + 1,
-    ).logits
-    # Position t predicts token t+1: drop the last position's prediction.
-    return logits[:, :-1]
+    """[batch, longest answer, vocab] logits predicting each row's answer tokens."""
+    return logits_at(model, batch.input_ids, batch.answer_positions)
 
 
 def student_kl_loss(model, batch: StudentBatch) -> torch.Tensor:
@@ -141,7 +131,7 @@ class GraphedStudentTrainer:
     weights, gradients allocated at capture, optimiser state, the learning-rate tensor) and
     the step has no host sync. Capturing needs a few real warm-up steps first; they are
     undone (weights and optimiser state restored) before training goes on. Padding rows
-    have no answer tokens and padding positions attend only to themselves, so they change
+    and positions carry no answer tokens and come after every real token, so they change
     neither the loss nor the gradients.
     """
 
@@ -197,15 +187,8 @@ class GraphedStudentTrainer:
         return static.loss.clone(), static.skipped.clone()
 
     def _body(self, static: _StaticStep) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(
-            input_ids=static.input_ids,
-            attention_mask=static.attention_mask(),
-            position_ids=static.position_ids,
-            logits_to_keep=static.answer_mask.shape[1] + 1,
-        ).logits
-        loss = topk_kl_loss(
-            logits[:, :-1], static.topk_ids, static.topk_logprobs, static.answer_mask
-        )
+        logits = logits_at(self.model, static.input_ids, static.answer_positions)
+        loss = topk_kl_loss(logits, static.topk_ids, static.topk_logprobs, static.answer_mask)
         loss.backward()
         skipped = clip_and_step(self.optimizer, self.params, self.max_grad_norm)
         return loss.detach(), skipped
@@ -272,51 +255,37 @@ class _StaticStep:
     def __init__(self, rows: int, width: int, longest: int, k: int, device: torch.device):
         long = {"dtype": torch.long, "device": device}
         self.input_ids = torch.zeros((rows, width), **long)
-        self.position_ids = torch.zeros((rows, width), **long)
-        self.valid = torch.zeros((rows, width), dtype=torch.bool, device=device)
+        self.answer_positions = torch.zeros((rows, longest), **long)
         self.topk_ids = torch.zeros((rows, longest, k), **long)
         self.topk_logprobs = torch.zeros((rows, longest, k), dtype=torch.float32, device=device)
         self.answer_mask = torch.zeros((rows, longest), dtype=torch.bool, device=device)
-        causal = torch.ones((width, width), dtype=torch.bool, device=device).tril()
-        self.causal, self.diagonal = causal, torch.eye(width, dtype=torch.bool, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.loss: torch.Tensor | None = None
         self.skipped: torch.Tensor | None = None
         self.eager = device.type != "cuda"
 
-    def attention_mask(self) -> torch.Tensor:
-        """[rows, 1, width, width]: causal over real tokens; a padding position attends only to
-        itself (no fully masked row, whose softmax would be NaN)."""
-        keys = self.valid[:, None, None, :]
-        return (self.causal & keys) | self.diagonal
-
     def load(self, examples: Sequence[Example], pad_id: int) -> None:
-        rows, width = self.input_ids.shape
-        longest = self.answer_mask.shape[1]
+        """Copy `examples` into the buffers: the batch in the top-left corner of each, pad
+        tokens and no answer around it."""
         batch = collate(list(examples), pad_id, torch.device("cpu"))
-        used, batch_width = batch.input_ids.shape
+        used, width = batch.input_ids.shape
         answers = batch.answer_mask.shape[1]
-        ids = torch.full((rows, width), pad_id, dtype=torch.long)
-        valid = torch.zeros((rows, width), dtype=torch.long)
-        ids[:used, width - batch_width :] = batch.input_ids
-        valid[:used, width - batch_width :] = batch.attention_mask
-        topk_ids = torch.zeros(self.topk_ids.shape, dtype=torch.long)
-        topk_logprobs = torch.zeros(self.topk_logprobs.shape, dtype=torch.float32)
-        answer_mask = torch.zeros((rows, longest), dtype=torch.bool)
-        topk_ids[:used, longest - answers :] = batch.topk_ids
-        topk_logprobs[:used, longest - answers :] = batch.topk_logprobs
-        answer_mask[:used, longest - answers :] = batch.answer_mask
-        positions = (valid.cumsum(-1) - 1).clamp(min=0)
+        ids = torch.full(self.input_ids.shape, pad_id, dtype=torch.long)
+        ids[:used, :width] = batch.input_ids
+        _copy_in(self.input_ids, ids)
         for target, source in (
-            (self.input_ids, ids),
-            (self.valid, valid.bool()),
-            (self.position_ids, positions),
-            (self.topk_ids, topk_ids),
-            (self.topk_logprobs, topk_logprobs),
-            (self.answer_mask, answer_mask),
+            (self.answer_positions, batch.answer_positions),
+            (self.topk_ids, batch.topk_ids),
+            (self.topk_logprobs, batch.topk_logprobs),
+            (self.answer_mask, batch.answer_mask),
         ):
-            pinned = source.pin_memory() if target.is_cuda else source
-            target.copy_(pinned, non_blocking=True)
+            padded = torch.zeros(target.shape, dtype=source.dtype)
+            padded[:used, :answers] = source
+            _copy_in(target, padded)
+
+
+def _copy_in(target: torch.Tensor, source: torch.Tensor) -> None:
+    target.copy_(source.pin_memory() if target.is_cuda else source, non_blocking=True)
 
 
 def _snapshot(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> Callable:
