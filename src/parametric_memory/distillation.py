@@ -200,7 +200,7 @@ def _keep_targets(
     top_k: int,
 ) -> None:
     """Store each row's top-k teacher log-probs and answer NLL in its example."""
-    logprobs = torch.log_softmax(answer_logits_.float(), dim=-1)
+    logprobs = torch.log_softmax(answer_logits_, dim=-1, dtype=torch.float32)
     values, indices = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
     token_nll = -logprobs.gather(-1, targets).squeeze(-1) * mask
     nll = token_nll.sum(-1) / mask.sum(-1)
@@ -250,7 +250,9 @@ def topk_kl_per_token(
     mass; the student's distribution is folded into the same k+1 buckets. With k equal to the
     vocabulary this is the exact KL.
     """
-    student_logprobs = torch.log_softmax(student_logits.float(), dim=-1)
+    # dtype= reads the (bfloat16) logits into a float32 softmax in one kernel, and its backward
+    # writes the logits' gradient in their dtype: no float32 copy of every logit each way.
+    student_logprobs = torch.log_softmax(student_logits, dim=-1, dtype=torch.float32)
     student_top = student_logprobs.gather(-1, topk_ids)
     teacher_top = topk_logprobs.float()
     teacher_p = teacher_top.exp()
