@@ -68,6 +68,20 @@ def test_logit_softcapping_after_the_head_still_applies():
     assert_each_row_is_its_sequence_alone(model)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_answer_logits_are_queued_without_waiting_for_the_gpu(model_dir):  # noqa: F811
+    model = with_lora(load(model_dir, device="cuda"))
+    with torch.no_grad():
+        answer_logits(model, SEQUENCES, ANSWER_LENS, PAD)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            logits, _ = answer_logits(model, SEQUENCES, ANSWER_LENS, PAD)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert logits.device.type == "cuda"
+
+
 def test_the_head_is_left_without_the_gathering_hook(model_dir):  # noqa: F811
     model = load(model_dir)
     head = model.get_output_embeddings()

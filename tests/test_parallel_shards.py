@@ -20,7 +20,7 @@ from parametric_memory.cli import prefer_expandable_segments
 from parametric_memory.config import ChunkingConfig, ConsolidationConfig, ShardingConfig
 from parametric_memory.consolidate import train_student, training_batches
 from parametric_memory.sharding import group_shards
-from parametric_memory.slot_training import _passes, train_slots
+from parametric_memory.slot_training import _passes, _train_steps, train_slots
 from parametric_memory.verify import verify_memory
 
 CONFIG = ConsolidationConfig(epochs=2, batch_size=3, learning_rate=1e-2)
@@ -64,6 +64,26 @@ def test_each_slot_trains_as_its_document_would_alone(
             torch.testing.assert_close(actual, wanted, rtol=1e-3, atol=2e-4)
         assert together[slot].first_loss == pytest.approx(alone.first_loss, rel=1e-4)
         assert together[slot].last_loss == pytest.approx(alone.last_loss, rel=1e-3)
+
+
+@CUDA
+def test_training_steps_never_wait_for_the_gpu(model_dir):  # noqa: F811
+    """A host-device sync in the loop would stop the host from queueing the next pass while
+    the GPU computes this one (the 128-document step is bound by the host)."""
+    lm = student(model_dir, "cuda")
+    documents = [random_examples(lm.model, n, seed=s) for n, s in ((5, 1), (3, 2))]
+    plans = [training_batches(d, CONFIG, random.Random(i)) for i, d in enumerate(documents)]
+    slots = AdapterSlots(lm, 2)
+    with slots.attached():
+        lm.model.train()
+        _train_steps(lm, slots, plans, CONFIG)  # first calls allocate and load kernels
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            losses, _ = _train_steps(lm, slots, plans, CONFIG)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert all(bool(torch.isfinite(loss).all()) for loss in losses)
 
 
 def test_a_slot_whose_gradient_is_not_finite_keeps_its_weights(model_dir):  # noqa: F811

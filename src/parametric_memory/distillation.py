@@ -15,6 +15,7 @@ from .answer_positions import answer_mask, answer_positions, logits_at, right_pa
 from .chunking import Chunk
 from .elicit import TransferItem
 from .generation import adapter_disabled, chat_parts, encode_markup, encode_prompts, encode_texts
+from .host_copies import to_device
 from .models import LoadedModel
 from .prompts import teacher_prompt
 
@@ -86,10 +87,10 @@ def answer_logits(model, sequences: list[list[int]], answer_lens: list[int], pad
     """Logits predicting each sequence's answer tokens (which end it), as a [batch,
     max_answer, vocab] tensor (left-aligned per row) and a matching mask."""
     device = next(model.parameters()).device
-    input_ids = right_padded(sequences, pad_id).to(device)
-    positions = answer_positions([len(s) for s in sequences], answer_lens).to(device)
+    input_ids = to_device(right_padded(sequences, pad_id), device)
+    positions = to_device(answer_positions([len(s) for s in sequences], answer_lens), device)
     logits = logits_at(model, input_ids, positions)
-    return logits, answer_mask(answer_lens).to(device)
+    return logits, to_device(answer_mask(answer_lens), device)
 
 
 def _left_aligned(
@@ -132,19 +133,25 @@ def compute_teacher_targets(
     """
     if share_chunk_cache is None:
         share_chunk_cache = lm.device.type != "cuda"
+    # Every batch is queued before any result comes back to the host: a copy back per batch
+    # would leave the GPU idle while the host prepares the next one.
+    computed: list[tuple[list[Example], _Targets]] = []
     with adapter_disabled(lm.model):
         if not share_chunk_cache:
             by_length = sorted(examples, key=lambda e: len(e.teacher_ids))
             for batch in batches(by_length, batch_size):
-                _teacher_batch_whole(lm, batch, top_k)
-            return
-        by_prefix: dict[tuple[int, ...], list[Example]] = {}
-        for example in examples:
-            by_prefix.setdefault(tuple(example.teacher_prefix_ids), []).append(example)
-        for prefix, group in by_prefix.items():
-            prefix_cache = _prefix_cache(lm, list(prefix))
-            for batch in batches(group, batch_size):
-                _teacher_batch(lm, prefix_cache, len(prefix), batch, top_k)
+                computed.append((batch, _teacher_batch_whole(lm, batch, top_k)))
+        else:
+            by_prefix: dict[tuple[int, ...], list[Example]] = {}
+            for example in examples:
+                by_prefix.setdefault(tuple(example.teacher_prefix_ids), []).append(example)
+            for prefix, group in by_prefix.items():
+                prefix_cache = _prefix_cache(lm, list(prefix))
+                for batch in batches(group, batch_size):
+                    targets = _teacher_batch(lm, prefix_cache, len(prefix), batch, top_k)
+                    computed.append((batch, targets))
+    for batch, targets in computed:
+        _keep_targets(batch, targets)
 
 
 def _prefix_cache(lm: LoadedModel, prefix: list[int]):
@@ -152,7 +159,7 @@ def _prefix_cache(lm: LoadedModel, prefix: list[int]):
     return lm.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
 
 
-def _teacher_batch(lm, prefix_cache, prefix_len: int, batch: list[Example], top_k: int) -> None:
+def _teacher_batch(lm, prefix_cache, prefix_len: int, batch: list[Example], top_k: int) -> _Targets:
     device = lm.device
     width = max(len(e.teacher_suffix_ids) for e in batch)
     ids = torch.full((len(batch), width), lm.tokenizer.pad_token_id, dtype=torch.long)
@@ -181,29 +188,33 @@ def _teacher_batch(lm, prefix_cache, prefix_len: int, batch: list[Example], top_
     aligned = logits.gather(1, source[:, :-1, None].expand(-1, -1, logits.shape[-1]))
     answer_logits_, mask = _left_aligned(aligned, lens)
     targets, _ = _left_aligned(ids.to(device).gather(1, source[:, 1:])[:, :, None], lens)
-    _keep_targets(batch, answer_logits_, mask, targets, top_k)
+    return _top_k_targets(answer_logits_, mask, targets, top_k)
 
 
-def _teacher_batch_whole(lm: LoadedModel, batch: list[Example], top_k: int) -> None:
+def _teacher_batch_whole(lm: LoadedModel, batch: list[Example], top_k: int) -> _Targets:
     sequences = [e.teacher_ids for e in batch]
     lens = [e.answer_len for e in batch]
     logits, mask = answer_logits(lm.model, sequences, lens, lm.tokenizer.pad_token_id)
-    targets = answer_targets(sequences, lens).to(logits.device)[:, :, None]
-    _keep_targets(batch, logits, mask, targets, top_k)
+    targets = to_device(answer_targets(sequences, lens), logits.device)[:, :, None]
+    return _top_k_targets(logits, mask, targets, top_k)
 
 
-def _keep_targets(
-    batch: list[Example],
-    answer_logits_: torch.Tensor,
-    mask: torch.Tensor,
-    targets: torch.Tensor,
-    top_k: int,
-) -> None:
-    """Store each row's top-k teacher log-probs and answer NLL in its example."""
+_Targets = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""A batch's teacher top-k log-probs and ids [rows, answer, k] and answer NLL [rows]."""
+
+
+def _top_k_targets(
+    answer_logits_: torch.Tensor, mask: torch.Tensor, targets: torch.Tensor, top_k: int
+) -> _Targets:
     logprobs = torch.log_softmax(answer_logits_, dim=-1, dtype=torch.float32)
     values, indices = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
     token_nll = -logprobs.gather(-1, targets).squeeze(-1) * mask
-    nll = token_nll.sum(-1) / mask.sum(-1)
+    return values, indices, token_nll.sum(-1) / mask.sum(-1)
+
+
+def _keep_targets(batch: list[Example], targets: _Targets) -> None:
+    """Store each row's top-k teacher log-probs and answer NLL in its example (on the CPU)."""
+    values, indices, nll = targets
     values, indices, nll = values.cpu(), indices.cpu(), nll.cpu().tolist()
     for row, example in enumerate(batch):
         example.topk_logprobs = values[row, : example.answer_len].clone()
@@ -217,16 +228,17 @@ def student_nll(lm: LoadedModel, examples: list[Example], batch_size: int) -> li
     batched by length."""
     pad = lm.tokenizer.pad_token_id
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].student_ids))
-    result = [0.0] * len(examples)
+    means = []  # kept on the device until every batch is queued, as the teacher's targets
     for positions in batches(order, batch_size):
         sequences = [examples[i].student_ids for i in positions]
         lens = [examples[i].answer_len for i in positions]
         logits, mask = answer_logits(lm.model, sequences, lens, pad)
-        targets = answer_targets(sequences, lens).to(logits.device)
+        targets = to_device(answer_targets(sequences, lens), logits.device)
         nll = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
-        means = ((nll * mask).sum(-1) / mask.sum(-1)).tolist()
-        for i, value in zip(positions, means, strict=True):
-            result[i] = value
+        means.append((nll * mask).sum(-1) / mask.sum(-1))
+    result = [0.0] * len(examples)
+    for i, value in zip(order, torch.cat(means).tolist(), strict=True):
+        result[i] = value
     return result
 
 

@@ -39,6 +39,7 @@ import torch
 from .answer_positions import answer_mask, answer_positions, logits_at, right_padded
 from .config import ConsolidationConfig
 from .distillation import Example, topk_kl_loss
+from .host_copies import to_device
 from .models import LoadedModel
 from .optimizer import capturable_adamw, clip_and_step, reset_state
 
@@ -83,13 +84,7 @@ def collate(examples: Sequence[Example], pad_id: int, device: torch.device) -> S
         topk_logprobs,
         answer_mask(answer_lens),
     )
-    return StudentBatch(*(_to_device(t, device) for t in tensors))
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type != "cuda":
-        return tensor
-    return tensor.pin_memory().to(device, non_blocking=True)
+    return StudentBatch(*(to_device(t, device) for t in tensors))
 
 
 def answer_position_logits(model, batch: StudentBatch) -> torch.Tensor:

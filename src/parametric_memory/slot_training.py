@@ -20,6 +20,7 @@ from .consolidate import TrainingStats, training_batches
 from .distillation import Example, topk_kl_per_token
 from .errors import TrainingDivergedError
 from .fast_distillation import answer_position_logits, collate
+from .host_copies import to_device
 from .models import LoadedModel
 from .optimizer import warmup_then_linear_decay
 
@@ -37,29 +38,41 @@ def train_slots(
     if not len(examples) == len(rngs) == slots.slots:
         raise ValueError(f"{slots.slots} slots need as many example lists and generators")
     plans = [training_batches(ex, config, rng) for ex, rng in zip(examples, rngs, strict=True)]
-    schedules = [warmup_then_linear_decay(len(plan), config.warmup_ratio) for plan in plans]
-    optimizer = SlotAdamW(slots.weights)
-    device = slots.weights.device
-    losses, skips = [], []
     with slots.attached():
         lm.model.train()
         try:
-            for step in range(max(len(plan) for plan in plans)):
-                batches = [plan[step] if step < len(plan) else [] for plan in plans]
-                rates = [
-                    config.learning_rate * schedule(step) if step < len(plan) else 0.0
-                    for plan, schedule in zip(plans, schedules, strict=True)
-                ]
-                loss = _step_losses(lm, slots, batches)
-                active = torch.tensor([bool(batch) for batch in batches], device=device)
-                rate = torch.tensor(rates, dtype=torch.float32, device=device)
-                skips.append(optimizer.step(rate, active, config.max_grad_norm))
-                losses.append(loss.detach())
+            losses, skips = _train_steps(lm, slots, plans, config)
         finally:
             lm.model.eval()
     stats = _stats(plans, losses, skips)
     _refuse_non_finite_slots(slots, stats)
     return stats
+
+
+def _train_steps(
+    lm: LoadedModel,
+    slots: AdapterSlots,
+    plans: list[list[list[Example]]],
+    config: ConsolidationConfig,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Every step of every slot's plan; each step's [slots] losses and skips, on the device.
+    Nothing here waits for the GPU, so the host queues the next pass while it computes."""
+    schedules = [warmup_then_linear_decay(len(plan), config.warmup_ratio) for plan in plans]
+    optimizer = SlotAdamW(slots.weights)
+    device = slots.weights.device
+    losses, skips = [], []
+    for step in range(max(len(plan) for plan in plans)):
+        batches = [plan[step] if step < len(plan) else [] for plan in plans]
+        rates = [
+            config.learning_rate * schedule(step) if step < len(plan) else 0.0
+            for plan, schedule in zip(plans, schedules, strict=True)
+        ]
+        loss = _step_losses(lm, slots, batches)
+        active = to_device(torch.tensor([bool(batch) for batch in batches]), device)
+        rate = to_device(torch.tensor(rates, dtype=torch.float32), device)
+        skips.append(optimizer.step(rate, active, config.max_grad_norm))
+        losses.append(loss.detach())
+    return losses, skips
 
 
 _PASS_TOKENS = 32_768
@@ -87,11 +100,11 @@ def _step_losses(
     if not rows:
         raise ValueError("a step needs at least one example")
     answer_tokens = [max(1, sum(e.answer_len for e in batch)) for batch in batches]
-    denominators = torch.tensor(answer_tokens, dtype=torch.float32, device=device)
+    denominators = to_device(torch.tensor(answer_tokens, dtype=torch.float32), device)
     vocabulary = lm.model.get_output_embeddings().weight.shape[0]
     losses = torch.zeros(len(batches), device=device)
     for rows_of_pass in _passes(rows, vocabulary):
-        slot_of_row = torch.tensor([slot for slot, _ in rows_of_pass], device=device)
+        slot_of_row = to_device(torch.tensor([slot for slot, _ in rows_of_pass]), device)
         kl = _row_kl_sums(lm, slots, [example for _, example in rows_of_pass], slot_of_row)
         loss = kl / denominators[slot_of_row]
         loss.sum().backward()
