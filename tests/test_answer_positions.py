@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_consolidate import CUDA, no_host_syncs
 from test_fast_generation import PAD, load, model_dir, with_lora  # noqa: F401
 from transformers import Gemma2Config, Gemma2ForCausalLM
 
@@ -68,17 +69,13 @@ def test_logit_softcapping_after_the_head_still_applies():
     assert_each_row_is_its_sequence_alone(model)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@CUDA
 def test_answer_logits_are_queued_without_waiting_for_the_gpu(model_dir):  # noqa: F811
     model = with_lora(load(model_dir, device="cuda"))
     with torch.no_grad():
         answer_logits(model, SEQUENCES, ANSWER_LENS, PAD)
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
+        with no_host_syncs():
             logits, _ = answer_logits(model, SEQUENCES, ANSWER_LENS, PAD)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
     assert logits.device.type == "cuda"
 
 

@@ -4,6 +4,7 @@ reported instead of being committed."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import random
 import weakref
@@ -41,6 +42,17 @@ def adapter_weights(lm: LoadedModel) -> list[torch.Tensor]:
 CONFIG = ConsolidationConfig(epochs=1, batch_size=1, learning_rate=1e-2, warmup_ratio=0.0)
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+@contextlib.contextmanager
+def no_host_syncs():
+    """Inside, any operation that makes the host wait for the GPU raises."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.parametrize("device", DEVICES)
