@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -348,7 +349,9 @@ class ParametricMemory:
         staging = store.staging_folder(self.root)
         try:
             results = self._consolidate_together(plan, shards, staging)
+            started = time.perf_counter()
             self._commit_results(results, staging, held_chunks, held_items)
+            logger.info("committed %d shards in %.1fs", len(shards), time.perf_counter() - started)
             self._active_shard = shards[-1]  # the adapter holds its committed weights
         except torch.OutOfMemoryError:
             if len(shards) == 1:
@@ -386,6 +389,7 @@ class ParametricMemory:
         self._active_shard = None  # the adapter is about to hold uncommitted weights
         reset_adapter(self._lm, config.seed)
         outcomes, slots = transform_fresh_documents(self._lm, chunks, config, rngs)
+        started = time.perf_counter()
         config_json = adapter_config_json(self._lm.model)
         results = []
         for slot, (shard, document, tensors) in enumerate(
@@ -396,6 +400,7 @@ class ParametricMemory:
             record = _record(document, shard, chunks[slot], selected)
             results.append(ShardResult(shard, {document.id: record}, chunks[slot], selected))
         slots.copy_to_adapter(len(shards) - 1)  # the adapter holds the last shard's weights
+        logger.info("wrote %d shards in %.1fs", len(shards), time.perf_counter() - started)
         return results
 
     def _commit_results(
