@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -164,7 +165,7 @@ def commit(
     try:
         write_state(staging)
         carried = _link_shards(root, manifest, staging, unchanged_shards)
-        _fsync_tree(staging)
+        _fsync_tree(staging, skip=set(carried))
         name = _next_state_name(manifest.state)
         os.replace(staging, root / name)
     finally:
@@ -277,12 +278,10 @@ def _shard_folder(inside: str) -> str | None:
 
 
 def hash_tree(folder: Path, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
-    hashes = {}
-    for path in sorted(folder.rglob("*")):
-        relative = str(path.relative_to(folder))
-        if path.is_file() and relative not in skip:
-            hashes[relative] = file_sha256(path)
-    return hashes
+    paths = _files(folder, skip)
+    digests = _for_each_file(file_sha256, paths)
+    pairs = zip(paths, digests, strict=True)
+    return {str(path.relative_to(folder)): digest for path, digest in pairs}
 
 
 def file_sha256(path: Path) -> str:
@@ -328,13 +327,33 @@ def _next_state_name(current: str | None) -> str:
     return f"{_STATE_PREFIX}{number:06d}"
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with path.open("rb") as handle:
-                os.fsync(handle.fileno())
-    for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        _fsync_dir(path)
+_FILE_THREADS = min(16, os.cpu_count() or 1)
+"""Threads that hash or sync a commit's files. hashlib and fsync release the GIL, so a
+commit of many new 20 MB shards is not held to one core's hashing speed (~1.4 GB/s)."""
+
+
+def _files(folder: Path, skip: set[str] | frozenset[str]) -> list[Path]:
+    """The files under `folder`, sorted, but those whose relative path is in `skip`."""
+    paths = sorted(path for path in folder.rglob("*") if path.is_file())
+    return [path for path in paths if str(path.relative_to(folder)) not in skip]
+
+
+def _for_each_file(action: Callable[[Path], object], paths: list[Path]) -> list:
+    with ThreadPoolExecutor(_FILE_THREADS) as pool:
+        return list(pool.map(action, paths))
+
+
+def _fsync_tree(folder: Path, skip: set[str] | frozenset[str] = frozenset()) -> None:
+    """Sync every file and folder under `folder` to disk. Files in `skip` (hard links to
+    files of a committed state, already on disk) are left out; their new folder entries are
+    synced with the folders."""
+    _for_each_file(_fsync_file, _files(folder, skip))
+    _for_each_file(_fsync_dir, [folder, *(p for p in folder.rglob("*") if p.is_dir())])
+
+
+def _fsync_file(path: Path) -> None:
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:
