@@ -39,7 +39,6 @@ import transformers
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from parametric_memory.consolidate import stack_targets
 from parametric_memory.distillation import Example, answer_logits, topk_kl_loss
 from parametric_memory.elicit import TransferItem
 from parametric_memory.fast_distillation import (
@@ -47,6 +46,7 @@ from parametric_memory.fast_distillation import (
     capturable_adamw,
     collate,
     length_bucketed_batches,
+    stack_targets,
     train_step,
 )
 from parametric_memory.fast_generation import greedy_generate, release_graphs
@@ -378,7 +378,7 @@ def random_example(sizes: Sizes, length: int, model, rng: random.Random) -> Exam
 
 class ReferenceTrainer:
     """The step of `consolidate.train_student` as of this commit: batch built on the CPU per
-    step, per-row answer alignment (`distillation.answer_logits`), fp32 LoRA compute."""
+    step (`distillation.answer_logits`), fp32 LoRA compute."""
 
     def __init__(self, model, rows: int):
         self.model = model
@@ -401,7 +401,8 @@ class ReferenceTrainer:
 
 
 class OptimisedTrainer(ReferenceTrainer):
-    """`fast_distillation.train_step`: pinned non-blocking collation, right-aligned answers."""
+    """`fast_distillation.train_step`: the batch collated once, and a step that skips a
+    non-finite gradient on the device (`optimizer.clip_and_step`)."""
 
     def step(self, batch: list[Example]) -> torch.Tensor:
         device = next(self.model.parameters()).device

@@ -17,9 +17,9 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
 from .config import ConsolidationConfig
-from .distillation import Example, answer_logits, batches, topk_kl_loss
+from .distillation import Example, batches
 from .errors import ModelLoadError, TrainingDivergedError
-from .fast_distillation import graphed_trainer
+from .fast_distillation import collate, graphed_trainer, student_kl_loss
 from .models import LoadedModel
 from .optimizer import capturable_adamw, clip_and_step, set_learning_rate, warmup_then_linear_decay
 
@@ -193,21 +193,4 @@ def length_groups(batch: list[Example]) -> list[list[Example]]:
 
 
 def _distillation_loss(lm: LoadedModel, batch: list[Example]) -> torch.Tensor:
-    lens = [e.answer_len for e in batch]
-    logits, mask = answer_logits(
-        lm.model, [e.student_ids for e in batch], lens, lm.tokenizer.pad_token_id
-    )
-    topk_ids, topk_logprobs = stack_targets(batch, logits.device)
-    return topk_kl_loss(logits, topk_ids, topk_logprobs, mask)
-
-
-def stack_targets(batch: list[Example], device: torch.device):
-    """The batch's teacher top-k ids and log-probs, padded to its longest answer."""
-    longest = max(e.answer_len for e in batch)
-    k = batch[0].topk_ids.shape[-1]
-    ids = torch.zeros((len(batch), longest, k), dtype=torch.long)
-    logprobs = torch.zeros((len(batch), longest, k), dtype=torch.float32)
-    for row, example in enumerate(batch):
-        ids[row, : example.answer_len] = example.topk_ids
-        logprobs[row, : example.answer_len] = example.topk_logprobs
-    return ids.to(device), logprobs.to(device)
+    return student_kl_loss(lm.model, collate(batch, lm.tokenizer.pad_token_id, lm.device))

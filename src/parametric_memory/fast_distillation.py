@@ -71,20 +71,27 @@ def length_bucketed_batches(
 
 def collate(examples: Sequence[Example], pad_id: int, device: torch.device) -> StudentBatch:
     answer_lens = [e.answer_len for e in examples]
-    longest, k = max(answer_lens), examples[0].topk_ids.shape[-1]
-    topk_ids = torch.zeros((len(examples), longest, k), dtype=torch.long)
-    topk_logprobs = torch.zeros((len(examples), longest, k), dtype=torch.float32)
-    for row, example in enumerate(examples):
-        topk_ids[row, : example.answer_len] = example.topk_ids
-        topk_logprobs[row, : example.answer_len] = example.topk_logprobs
     tensors = (
         right_padded([e.student_ids for e in examples], pad_id),
         answer_positions([len(e.student_ids) for e in examples], answer_lens),
-        topk_ids,
-        topk_logprobs,
+        *stack_targets(examples, torch.device("cpu")),
         answer_mask(answer_lens),
     )
     return StudentBatch(*(to_device(t, device) for t in tensors))
+
+
+def stack_targets(
+    examples: Sequence[Example], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples' teacher top-k ids and log-probs, [rows, longest answer, k], each row's
+    from its first answer token on (zeros past its answer)."""
+    longest, k = max(e.answer_len for e in examples), examples[0].topk_ids.shape[-1]
+    ids = torch.zeros((len(examples), longest, k), dtype=torch.long)
+    logprobs = torch.zeros((len(examples), longest, k), dtype=torch.float32)
+    for row, example in enumerate(examples):
+        ids[row, : example.answer_len] = example.topk_ids
+        logprobs[row, : example.answer_len] = example.topk_logprobs
+    return to_device(ids, device), to_device(logprobs, device)
 
 
 def answer_position_logits(model, batch: StudentBatch) -> torch.Tensor:
