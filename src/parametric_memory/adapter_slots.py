@@ -84,11 +84,7 @@ class AdapterSlots:
         few kernels more than the plain model, and backward scatters every layer's gradient
         back into `weights.grad` in one piece."""
         rows = (self.weights * self._scale).to(self._dtype).index_select(0, slot_of_row)
-        parts = rows.split(self._sizes, dim=1)
-        self._views = []
-        for index, (fan_in, rank, fan_out) in enumerate(self._shapes):
-            self._views.append(parts[2 * index].unflatten(1, (fan_in, rank)))
-            self._views.append(parts[2 * index + 1].unflatten(1, (rank, fan_out)))
+        self._views = [view for pair in self._layer_views(rows) for view in pair]
 
     def _hook(self, index: int, layer: LoraLayer):
         dropout = layer.lora_dropout[_ADAPTER]
@@ -127,11 +123,16 @@ class AdapterSlots:
 
     def _unpack(self, row: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's (lora_A [rank, in], lora_B [out, rank]) views of one slot's row."""
-        parts = row.split(self._sizes)
+        return ((a.t(), b.t()) for a, b in self._layer_views(row))
+
+    def _layer_views(self, rows: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's (A [..., in, rank], B [..., rank, out]) views of `rows` ([..., n]:
+        one slot's row, or a row per batch row)."""
+        parts = rows.split(self._sizes, dim=-1)
         for index, (fan_in, rank, fan_out) in enumerate(self._shapes):
             yield (
-                parts[2 * index].view(fan_in, rank).t(),
-                parts[2 * index + 1].view(rank, fan_out).t(),
+                parts[2 * index].unflatten(-1, (fan_in, rank)),
+                parts[2 * index + 1].unflatten(-1, (rank, fan_out)),
             )
 
     def finite(self) -> torch.Tensor:
