@@ -5,6 +5,7 @@ store, and answers each question with the weights of the shard its router picks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -648,11 +649,8 @@ class ParametricMemory:
         return self._stream_routed(question, max_new_tokens)
 
     def _stream_routed(self, question: str, max_new_tokens: int) -> Iterator[str]:
-        shard = self._router().shards_for([question])[0]
-        with self._model_lock:
-            self._activate(shard)
-            with answering_weights(self._lm.model):
-                yield from stream(self._lm, question, max_new_tokens)
+        with self._answering_with(self._router().shards_for([question])[0]):
+            yield from stream(self._lm, question, max_new_tokens)
 
     def _generate_routed(
         self, prompts: list[str], routing_texts: list[str], max_new_tokens: int
@@ -663,13 +661,20 @@ class ParametricMemory:
         answers = [""] * len(prompts)
         for shard in sorted(set(shards)):
             picked = [i for i, s in enumerate(shards) if s == shard]
-            with self._model_lock:
-                self._activate(shard)
-                with answering_weights(self._lm.model):
-                    texts = generate(self._lm, [prompts[i] for i in picked], max_new_tokens, 16)
+            with self._answering_with(shard):
+                texts = generate(self._lm, [prompts[i] for i in picked], max_new_tokens, 16)
             for index, text in zip(picked, texts, strict=True):
                 answers[index] = text.strip()
         return answers
+
+    @contextlib.contextmanager
+    def _answering_with(self, shard: int) -> Iterator[None]:
+        """Inside, this thread alone uses the model, with `shard`'s weights as it answers best
+        (merged into the base weights on CUDA)."""
+        with self._model_lock:
+            self._activate(shard)
+            with answering_weights(self._lm.model):
+                yield
 
     def _router(self) -> ShardRouter:
         """The BM25 router over the held chunks, built once per committed state."""
