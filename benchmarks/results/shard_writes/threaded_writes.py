@@ -1,0 +1,58 @@
+"""Writing 48 fresh shards of the default model one after another against 4 threads, each
+way timed with the disk sync after it, alternating which goes first (2-core CPU).
+
+    PYTHONPATH=src python benchmarks/results/shard_writes/threaded_writes.py [ROOT]
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from parametric_memory import MemoryConfig
+from parametric_memory.adapter_files import adapter_config_json, write_adapter
+from parametric_memory.adapter_slots import AdapterSlots
+from parametric_memory.consolidate import attach_adapter
+from parametric_memory.models import load_model
+
+SHARDS = 48
+
+
+def main() -> None:
+    config = MemoryConfig()
+    lm = load_model(config)
+    attach_adapter(lm, config.consolidation, 0)
+    slots = AdapterSlots(lm, SHARDS)
+    with torch.no_grad():
+        slots.weights.normal_(std=0.01)
+    config_json = adapter_config_json(lm.model)
+    for repetition in range(4):
+        for way in ("one", "threads") if repetition % 2 == 0 else ("threads", "one"):
+            folder = Path(tempfile.mkdtemp(dir=sys.argv[1] if len(sys.argv) > 1 else None))
+            os.sync()
+            start = time.perf_counter()
+            jobs = [(folder / f"s{n}", tensors) for n, tensors in enumerate(slots.state_dicts())]
+            if way == "one":
+                for target, tensors in jobs:
+                    write_adapter(target, config_json, tensors)
+            else:
+                with ThreadPoolExecutor(4) as pool:
+                    list(pool.map(lambda job: write_adapter(job[0], config_json, job[1]), jobs))
+            written = time.perf_counter() - start
+            os.sync()
+            synced = time.perf_counter() - start
+            print(
+                f"{way}: write {written / SHARDS * 1000:.0f} ms a shard, "
+                f"with sync {synced / SHARDS * 1000:.0f}",
+                flush=True,
+            )
+            shutil.rmtree(folder)
+
+
+if __name__ == "__main__":
+    main()
