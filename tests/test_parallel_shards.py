@@ -19,6 +19,7 @@ from parametric_memory.adapter_slots import AdapterSlots
 from parametric_memory.cli import prefer_expandable_segments
 from parametric_memory.config import ChunkingConfig, ConsolidationConfig, ShardingConfig
 from parametric_memory.consolidate import train_student, training_batches
+from parametric_memory.documents import make_documents
 from parametric_memory.sharding import group_shards
 from parametric_memory.slot_training import _passes, _train_steps, train_slots
 from parametric_memory.verify import verify_memory
@@ -138,10 +139,10 @@ def test_a_memory_ingested_together_is_the_one_ingested_one_by_one(tmp_path, tin
     for held in (alone, together):
         report = held.add_documents(texts[:1], ids=ids[:1], progress=False)
         report = held.add_documents(texts[1:], ids=ids[1:], progress=False)
-        assert report.added == ids[1:]
+        assert report.added == ids[1:]  # as given; "long" was consolidated last
     grouped = [r.getMessage() for r in caplog.records if "documents together" in r.message]
-    assert len(grouped) == 3 and "T of 2 documents together" in grouped[1]
-    assert together.documents["long"].chunks > 1  # consolidated alone, between two groups
+    assert len(grouped) == 3 and all("T of 2 documents together" in m for m in grouped[1:])
+    assert together.documents["long"].chunks > 1  # consolidated alone, after the groups
     assert {d: r.shard for d, r in together.documents.items()} == {
         d: r.shard for d, r in alone.documents.items()
     }
@@ -155,6 +156,25 @@ def test_a_memory_ingested_together_is_the_one_ingested_one_by_one(tmp_path, tin
     assert together.ask_batch(question) == alone.ask_batch(question)
     reopened = ParametricMemory.open(tmp_path / "together")
     assert reopened.ask_batch(question) == alone.ask_batch(question)
+
+
+def test_one_document_shards_are_planned_fewest_chunks_then_shortest_first(tmp_path, tiny_config):
+    config = tiny_config.model_copy(update={"chunking": ChunkingConfig(chunk_tokens=64)})
+    memory = ParametricMemory.create(tmp_path / "mem", config)
+    texts = [LONG, "Kelp grows fast off Orsk in the cold months of the year.", "Ferries sail."]
+    plan = memory._plan_ingest(make_documents(texts, ["long", "medium", "short"])).shards
+    assert [[d.id for d in documents] for documents in plan.values()] == [
+        ["short"],
+        ["medium"],
+        ["long"],
+    ]
+    several = config.model_copy(update={"sharding": ShardingConfig(documents_per_shard=2)})
+    memory = ParametricMemory.create(tmp_path / "several", several)
+    plan = memory._plan_ingest(make_documents(texts, ["long", "medium", "short"])).shards
+    assert [[d.id for d in documents] for documents in plan.values()] == [
+        ["long", "medium"],
+        ["short"],
+    ]  # documents sharing a shard replay each other in ingest order: kept
 
 
 def test_a_failing_group_commits_nothing_of_itself_and_keeps_the_groups_before(
@@ -174,9 +194,11 @@ def test_a_failing_group_commits_nothing_of_itself_and_keeps_the_groups_before(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(memory_module, "transform_fresh_documents", fails_the_second_time)
+    plan = memory._plan_ingest(make_documents(TEXTS[:4], IDS[:4])).shards
+    planned = [document.id for documents in plan.values() for document in documents]
     with pytest.raises(RuntimeError, match="crash"):
         memory.add_documents(TEXTS[:4], ids=IDS[:4], progress=False)
-    assert list(ParametricMemory.open(memory.root).documents) == IDS[:2]
+    assert sorted(ParametricMemory.open(memory.root).documents) == sorted(planned[:2])
     assert verify_memory(memory.root) == []
     leftovers = [p.name for p in memory.root.iterdir() if p.name.startswith(".incoming-")]
     assert leftovers == []

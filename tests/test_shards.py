@@ -1,6 +1,6 @@
-"""Adapter shards: documents fill shards in order, a new shard leaves the committed ones
-untouched, questions are answered with the weights of the shard BM25 routes them to, and
-forgetting a shard's last document removes the shard."""
+"""Adapter shards: documents fill shards in order (one-document shards shortest first), a
+new shard leaves the committed ones untouched, questions are answered with the weights of
+the shard BM25 routes them to, and forgetting a shard's last document removes the shard."""
 
 from __future__ import annotations
 
@@ -61,7 +61,9 @@ def test_the_router_matches_inflected_forms_of_a_word():
 
 
 @pytest.mark.parametrize(
-    ("per_shard", "expected"), [(1, [0, 1, 2]), (2, [0, 0, 1]), (None, [0] * 3)]
+    ("per_shard", "expected"),
+    # a shard each: shortest first (kelp, brindlewick, zorbian); shared shards: ingest order
+    [(1, [1, 2, 0]), (2, [0, 0, 1]), (None, [0] * 3)],
 )
 def test_documents_fill_shards_in_order(tmp_path, tiny_config, per_shard, expected):
     memory = _sharded(tmp_path, tiny_config, per_shard)

@@ -135,6 +135,7 @@ def _ingest(memory: ParametricMemory, documents: list[Document], progress: bool)
                 report.added.append(document.id)
                 report.chunks += record.chunks
                 report.transfer_items += record.transfer_items
+            report.list_in_given_order(documents)
             return report
 
         report = _on_rank_zero(commit)
