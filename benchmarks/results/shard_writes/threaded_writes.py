@@ -1,7 +1,8 @@
-"""Writing 48 fresh shards of the default model one after another against 4 threads, each
-way timed with the disk sync after it, alternating which goes first (2-core CPU).
+"""Writing 48 fresh shards of the default model one after another against a pool of threads
+(4, or with --pool the pool the memory writes with: `store.for_each_file`), each way timed
+with the disk sync after it, alternating which goes first.
 
-    PYTHONPATH=src python benchmarks/results/shard_writes/threaded_writes.py [ROOT]
+    PYTHONPATH=src python benchmarks/results/shard_writes/threaded_writes.py [ROOT] [--pool]
 """
 
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from parametric_memory import MemoryConfig
+from parametric_memory import MemoryConfig, store
 from parametric_memory.adapter_files import adapter_config_json, write_adapter
 from parametric_memory.adapter_slots import AdapterSlots
 from parametric_memory.consolidate import attach_adapter
@@ -33,13 +34,16 @@ def main() -> None:
     config_json = adapter_config_json(lm.model)
     for repetition in range(4):
         for way in ("one", "threads") if repetition % 2 == 0 else ("threads", "one"):
-            folder = Path(tempfile.mkdtemp(dir=sys.argv[1] if len(sys.argv) > 1 else None))
+            root = next((a for a in sys.argv[1:] if not a.startswith("--")), None)
+            folder = Path(tempfile.mkdtemp(dir=root))
             os.sync()
             start = time.perf_counter()
             jobs = [(folder / f"s{n}", tensors) for n, tensors in enumerate(slots.state_dicts())]
             if way == "one":
                 for target, tensors in jobs:
                     write_adapter(target, config_json, tensors)
+            elif "--pool" in sys.argv:
+                store.for_each_file(lambda job: write_adapter(job[0], config_json, job[1]), jobs)
             else:
                 with ThreadPoolExecutor(4) as pool:
                     list(pool.map(lambda job: write_adapter(job[0], config_json, job[1]), jobs))
