@@ -407,13 +407,11 @@ class ParametricMemory:
         outcomes, slots = transform_fresh_documents(self._lm, chunks, config, rngs)
         started = time.perf_counter()
         config_json = adapter_config_json(self._lm.model)
-        targets = [folder / store.shard_dir(shard) for shard in shards]
-        store.for_each_file(
-            lambda job: write_adapter(job[0], config_json, job[1]),
-            list(zip(targets, slots.state_dicts(), strict=True)),
-        )
         results = []
-        for slot, (shard, document) in enumerate(zip(shards, documents, strict=True)):
+        for slot, (shard, document, tensors) in enumerate(
+            zip(shards, documents, slots.state_dicts(), strict=True)
+        ):
+            write_adapter(folder / store.shard_dir(shard), config_json, tensors)
             selected = outcomes[slot].selected
             record = _record(document, shard, chunks[slot], selected)
             results.append(ShardResult(shard, {document.id: record}, chunks[slot], selected))

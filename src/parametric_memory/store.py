@@ -24,11 +24,10 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypeVar
 
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -280,7 +279,7 @@ def _shard_folder(inside: str) -> str | None:
 
 def hash_tree(folder: Path, skip: set[str] | frozenset[str] = frozenset()) -> dict[str, str]:
     paths = _files(folder, skip)
-    digests = for_each_file(file_sha256, paths)
+    digests = _for_each_file(file_sha256, paths)
     pairs = zip(paths, digests, strict=True)
     return {str(path.relative_to(folder)): digest for path, digest in pairs}
 
@@ -328,13 +327,10 @@ def _next_state_name(current: str | None) -> str:
     return f"{_STATE_PREFIX}{number:06d}"
 
 
-T = TypeVar("T")
-
 _FILE_THREADS = min(16, os.cpu_count() or 1)
-"""Threads that write, hash or sync many files. hashlib, fsync and safetensors' `save_file`
-release the GIL, so a commit of many new 20 MB shards is not held to one core's hashing
-speed (1.6 GB/s on a 2-core CPU, 3.0 GB/s over the pool:
-`benchmarks/results/commit_io/hash_speed.py`)."""
+"""Threads that hash or sync a commit's files. hashlib and fsync release the GIL, so a
+commit of many new 20 MB shards is not held to one core's hashing speed (1.6 GB/s on a
+2-core CPU, 3.0 GB/s over the pool: `benchmarks/results/commit_io/hash_speed.py`)."""
 
 
 def _files(folder: Path, skip: set[str] | frozenset[str]) -> list[Path]:
@@ -343,18 +339,17 @@ def _files(folder: Path, skip: set[str] | frozenset[str]) -> list[Path]:
     return [path for path in paths if str(path.relative_to(folder)) not in skip]
 
 
-def for_each_file(action: Callable[[T], object], files: Sequence[T]) -> list:
-    """`action` on each of `files`, over a pool of threads; the results in order."""
+def _for_each_file(action: Callable[[Path], object], paths: list[Path]) -> list:
     with ThreadPoolExecutor(_FILE_THREADS) as pool:
-        return list(pool.map(action, files))
+        return list(pool.map(action, paths))
 
 
 def _fsync_tree(folder: Path, skip: set[str] | frozenset[str] = frozenset()) -> None:
     """Sync every file and folder under `folder` to disk. Files in `skip` (hard links to
     files of a committed state, already on disk) are left out; their new folder entries are
     synced with the folders."""
-    for_each_file(_fsync_file, _files(folder, skip))
-    for_each_file(_fsync_dir, [folder, *(p for p in folder.rglob("*") if p.is_dir())])
+    _for_each_file(_fsync_file, _files(folder, skip))
+    _for_each_file(_fsync_dir, [folder, *(p for p in folder.rglob("*") if p.is_dir())])
 
 
 def _fsync_file(path: Path) -> None:
