@@ -31,7 +31,7 @@ import torch.distributed as dist
 from parametric_memory import MemoryConfig
 from parametric_memory.distributed import add_documents_distributed, init_process_group
 from parametric_memory.documents import Document
-from parametric_memory.memory import ParametricMemory
+from parametric_memory.ingest import Ingest
 
 def say(*words):
     # One write() per line: lines of two processes sharing a pipe then never interleave.
@@ -43,7 +43,7 @@ init_process_group()
 if dist.get_rank() == int(fail_rank):
     def broken_disk(*args, **kwargs):
         raise OSError("No space left on device")
-    ParametricMemory._consolidate_shard = broken_disk
+    Ingest._consolidate_shard = broken_disk
 try:
     for batch in json.loads(batches_json):
         documents = [Document(i, t) for i, t in batch]

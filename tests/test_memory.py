@@ -157,7 +157,7 @@ def test_failed_ingest_leaves_the_last_commit(memory, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("crash during consolidation")
 
-    monkeypatch.setattr("parametric_memory.memory.transform", boom)
+    monkeypatch.setattr("parametric_memory.ingest.transform", boom)
     with pytest.raises(RuntimeError):
         memory.add_documents(DOCS[1:], ids=["b"], progress=False)
     assert (verify_memory(memory.root), memory.documents.keys()) == before

@@ -14,12 +14,13 @@ from test_distributed import IDS, TEXTS, _records, _weights
 from test_fast_generation import model_dir, random_examples  # noqa: F401
 
 from parametric_memory import ParametricMemory, slot_training
-from parametric_memory import memory as memory_module
+from parametric_memory import ingest as ingest_module
 from parametric_memory.adapter_slots import AdapterSlots
 from parametric_memory.cli import prefer_expandable_segments
 from parametric_memory.config import ChunkingConfig, ConsolidationConfig, ShardingConfig
 from parametric_memory.consolidate import train_student, training_batches
 from parametric_memory.documents import make_documents
+from parametric_memory.ingest import Ingest
 from parametric_memory.sharding import group_shards
 from parametric_memory.slot_training import _passes, _train_steps, train_slots
 from parametric_memory.verify import verify_memory
@@ -162,7 +163,7 @@ def test_one_document_shards_are_planned_fewest_chunks_then_shortest_first(tmp_p
     config = tiny_config.model_copy(update={"chunking": ChunkingConfig(chunk_tokens=64)})
     memory = ParametricMemory.create(tmp_path / "mem", config)
     texts = [LONG, "Kelp grows fast off Orsk in the cold months of the year.", "Ferries sail."]
-    plan = memory._plan_ingest(make_documents(texts, ["long", "medium", "short"])).shards
+    plan = Ingest(memory, make_documents(texts, ["long", "medium", "short"])).shards
     assert [[d.id for d in documents] for documents in plan.values()] == [
         ["short"],
         ["medium"],
@@ -170,7 +171,7 @@ def test_one_document_shards_are_planned_fewest_chunks_then_shortest_first(tmp_p
     ]
     several = config.model_copy(update={"sharding": ShardingConfig(documents_per_shard=2)})
     memory = ParametricMemory.create(tmp_path / "several", several)
-    plan = memory._plan_ingest(make_documents(texts, ["long", "medium", "short"])).shards
+    plan = Ingest(memory, make_documents(texts, ["long", "medium", "short"])).shards
     assert [[d.id for d in documents] for documents in plan.values()] == [
         ["long", "medium"],
         ["short"],
@@ -184,7 +185,7 @@ def test_a_failing_group_commits_nothing_of_itself_and_keeps_the_groups_before(
         update={"sharding": ShardingConfig(documents_per_shard=1, shards_in_parallel=2)}
     )
     memory = ParametricMemory.create(tmp_path / "mem", config)
-    real = memory_module.transform_fresh_documents
+    real = ingest_module.transform_fresh_documents
     calls = []
 
     def fails_the_second_time(*args, **kwargs):
@@ -193,8 +194,8 @@ def test_a_failing_group_commits_nothing_of_itself_and_keeps_the_groups_before(
             raise RuntimeError("crash during consolidation")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(memory_module, "transform_fresh_documents", fails_the_second_time)
-    plan = memory._plan_ingest(make_documents(TEXTS[:4], IDS[:4])).shards
+    monkeypatch.setattr(ingest_module, "transform_fresh_documents", fails_the_second_time)
+    plan = Ingest(memory, make_documents(TEXTS[:4], IDS[:4])).shards
     planned = [document.id for documents in plan.values() for document in documents]
     with pytest.raises(RuntimeError, match="crash"):
         memory.add_documents(TEXTS[:4], ids=IDS[:4], progress=False)
@@ -240,7 +241,7 @@ def test_out_of_gpu_memory_retries_each_half_of_the_group(tmp_path, tiny_config,
         update={"sharding": ShardingConfig(documents_per_shard=1, shards_in_parallel=4)}
     )
     memory = ParametricMemory.create(tmp_path / "mem", config)
-    real = memory_module.transform_fresh_documents
+    real = ingest_module.transform_fresh_documents
     widths = []
 
     def fits_two(lm, documents, *args, **kwargs):
@@ -249,7 +250,7 @@ def test_out_of_gpu_memory_retries_each_half_of_the_group(tmp_path, tiny_config,
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
         return real(lm, documents, *args, **kwargs)
 
-    monkeypatch.setattr(memory_module, "transform_fresh_documents", fits_two)
+    monkeypatch.setattr(ingest_module, "transform_fresh_documents", fits_two)
     report = memory.add_documents(TEXTS[:4], ids=IDS[:4], progress=False)
     assert widths == [4, 2, 2] and report.added == IDS[:4]
     assert len({r.shard for r in memory.documents.values()}) == 4

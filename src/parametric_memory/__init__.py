@@ -22,7 +22,8 @@ from .errors import (
     ParametricMemoryError,
     TrainingDivergedError,
 )
-from .memory import IngestReport, MemoryInfo, ParametricMemory, Recollection
+from .ingest import IngestReport
+from .memory import MemoryInfo, ParametricMemory, Recollection
 
 __all__ = [
     "ChunkingConfig",

@@ -33,7 +33,8 @@ from . import store
 from .config import MemoryConfig
 from .documents import Document
 from .errors import ParametricMemoryError
-from .memory import IngestPlan, IngestReport, ParametricMemory, ShardResult
+from .ingest import Ingest, IngestReport, ShardResult
+from .memory import ParametricMemory
 from .sharding import balance_shards
 
 logger = logging.getLogger(__name__)
@@ -110,13 +111,11 @@ def _ingest(memory: ParametricMemory, documents: list[Document], progress: bool)
             return staging
 
         staging = _on_rank_zero(lock_and_stage)
-        ingest = memory._plan_ingest(documents, writer=False)
+        ingest = Ingest(memory, documents, writer=False)
         report = ingest.report
         mine = balance_shards(ingest.shards, world)[rank]
         logger.info("rank %d of %d consolidates shards %s", rank, world, mine)
-        results, failure = _consolidate_shards(
-            memory, ingest, mine, staging, progress and rank == 0
-        )
+        results, failure = _consolidate_shards(ingest, mine, staging, progress and rank == 0)
         gathered: list | None = [None] * world if rank == 0 else None
         dist.gather_object((results, failure), gathered, dst=0)
 
@@ -127,8 +126,7 @@ def _ingest(memory: ParametricMemory, documents: list[Document], progress: bool)
                     f"{len(failures)} process(es) failed, nothing committed; {failures[0]}"
                 )
             every_result = [result for shard_results, _ in gathered for result in shard_results]
-            held = (ingest.held_chunks, ingest.held_items)
-            memory._commit_results(every_result, staging, *held)
+            ingest.commit_results(every_result, staging)
             logger.info("committed %d shard(s) from %d process(es)", len(every_result), world)
             for document in ingest.new_documents():
                 record = memory.documents[document.id]
@@ -145,7 +143,7 @@ def _ingest(memory: ParametricMemory, documents: list[Document], progress: bool)
 
 
 def _consolidate_shards(
-    memory: ParametricMemory, ingest: IngestPlan, shards: list[int], staging: Path, progress: bool
+    ingest: Ingest, shards: list[int], staging: Path, progress: bool
 ) -> tuple[list[ShardResult], str | None]:
     """This process's shards, or the error that stopped it (reported, not raised, so every
     process still reaches the gather)."""
@@ -153,7 +151,7 @@ def _consolidate_shards(
     bar = tqdm(total=total, desc="consolidating on rank 0", unit="doc", disable=not progress)
     try:
         with bar:
-            return memory._consolidate_uncommitted(ingest, shards, staging, bar), None
+            return ingest.consolidate_uncommitted(shards, staging, bar), None
     except Exception as error:  # any failure must reach rank 0's decision
         logger.error("consolidation failed:\n%s", traceback.format_exc())
         return [], f"{type(error).__name__}: {error}"

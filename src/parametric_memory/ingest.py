@@ -1,0 +1,343 @@
+"""One call's documents written into a memory: planned against the committed state, then
+consolidated shard by shard (or, for fresh one-document shards on a GPU, many at once) and
+committed. `ParametricMemory.add_documents` runs an `Ingest` on one process; `distributed`
+runs the same plan over several and commits once."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from . import store
+from .adapter_files import adapter_config_json, write_adapter
+from .chunking import Chunk, chunk_document
+from .consolidate import reset_adapter
+from .distillation import batches
+from .documents import Document
+from .elicit import TransferItem
+from .errors import InvalidDocumentError
+from .sharding import group_shards, plan_shards
+from .transformation import transform, transform_fresh_documents
+
+if TYPE_CHECKING:
+    from .memory import ParametricMemory
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestReport:
+    added: list[str] = field(default_factory=list)
+    """Ids of the documents added, in the order they were given."""
+    skipped: list[str] = field(default_factory=list)
+    """Ids of documents whose content the memory already held (a no-op)."""
+    chunks: int = 0
+    transfer_items: int = 0
+
+    def count(self, document_id: str, chunks: list[Chunk], items: list[TransferItem]) -> None:
+        self.added.append(document_id)
+        self.chunks += len(chunks)
+        self.transfer_items += len(items)
+
+    def list_in_given_order(self, documents: Sequence[Document]) -> None:
+        """Sort `added` as `documents` were given (the plan may consolidate them in another
+        order)."""
+        position = {document.id: index for index, document in enumerate(documents)}
+        self.added.sort(key=position.__getitem__)
+
+
+@dataclass
+class ShardResult:
+    """What consolidating new documents into one shard produced, not yet committed."""
+
+    shard: int
+    records: dict[str, store.DocumentRecord] = field(default_factory=dict)
+    chunks: list[Chunk] = field(default_factory=list)
+    items: list[TransferItem] = field(default_factory=list)
+
+
+class Ingest:
+    """`documents` planned into `memory`'s shards against its committed state (picked up
+    afresh; `writer` False leaves stale folders to the process holding the write lock).
+    Documents already held go to the report as skipped."""
+
+    def __init__(
+        self, memory: ParametricMemory, documents: list[Document], *, writer: bool = True
+    ) -> None:
+        self.memory = memory
+        self.documents = documents
+        self.config = memory.config
+        chunk_records, self.held_items = memory._refresh(writer=writer)
+        self.held_chunks = {chunk.id: chunk for chunk in chunk_records}
+        """Every committed chunk; the held records take in each commit's new ones."""
+        self.report = IngestReport()
+        self._chunks_of: dict[tuple[str, str], list[Chunk]] = {}
+        """The new documents' chunks, by (id, content hash): planning, grouping and
+        consolidation each need them."""
+        todo = self._new_documents(documents)
+        per_shard = self.config.sharding.documents_per_shard
+        if per_shard == 1:
+            todo = self._fewest_chunks_first(todo)
+        self.shards = plan_shards(memory._manifest.documents, todo, per_shard)
+        """The new documents of each shard, in the order they are consolidated."""
+
+    def new_documents(self) -> list[Document]:
+        return [document for documents in self.shards.values() for document in documents]
+
+    def run(self, progress: bool) -> IngestReport:
+        """Consolidate every planned document, committing after each one (after each group,
+        for fresh shards consolidated together)."""
+        total = len(self.new_documents())
+        bar = tqdm(total=total, desc="consolidating", unit="doc", disable=not progress or not total)
+        with bar:
+            for together, shards in self._work_order(list(self.shards)):
+                if together:
+                    self._add_together(shards)
+                    bar.update(len(shards))
+                    continue
+                self.memory._activate(shards[0])
+                for document in self.shards[shards[0]]:
+                    bar.set_postfix_str(document.id[:30])
+                    self._add_document(document, shards[0])
+                    bar.update()
+        self.report.list_in_given_order(self.documents)
+        return self.report
+
+    def consolidate_uncommitted(
+        self, shards: list[int], folder: Path, bar: tqdm
+    ) -> list[ShardResult]:
+        """Consolidate the planned documents of `shards`, saving each shard's weights under
+        `folder` and committing nothing (a multi-GPU ingest commits every shard at once)."""
+        results: list[ShardResult] = []
+        for together, group in self._work_order(shards):
+            if together:
+                results += self._consolidate_together(group, folder)
+            else:
+                results.append(self._consolidate_shard(group[0], folder))
+            bar.update(sum(len(self.shards[shard]) for shard in group))
+        return results
+
+    def commit_results(self, results: list[ShardResult], staging: Path) -> None:
+        """Commit every shard's new documents at once, in shard order, with the weights
+        saved under `staging`; the held records take in the new ones."""
+        documents = dict(self.memory._manifest.documents)
+        for result in sorted(results, key=lambda result: result.shard):
+            documents.update(result.records)
+            self.held_chunks.update({chunk.id: chunk for chunk in result.chunks})
+            self.held_items.extend(result.items)
+        changed = {result.shard for result in results}
+
+        def write_state(folder: Path) -> None:
+            for shard in changed:  # moved, not copied: staging is on the memory's filesystem
+                target = folder / store.shard_dir(shard)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / store.shard_dir(shard), target)
+            self.memory._write_records(folder, self.held_chunks, self.held_items)
+
+        self.memory._commit_state(documents, changed, write_state)
+
+    # --- planning -----------------------------------------------------------------------
+    def _new_documents(self, documents: list[Document]) -> list[Document]:
+        held = self.memory._manifest.documents
+        held_hashes = {record.content_hash for record in held.values()}
+        todo, seen = [], set()
+        for document in documents:
+            if document.content_hash in held_hashes or document.content_hash in seen:
+                self.report.skipped.append(document.id)
+            elif document.id in held:
+                raise InvalidDocumentError(
+                    f"the memory already holds a different document with id {document.id!r}; "
+                    "delete it first (delete_document / `forget`) to replace it"
+                )
+            else:
+                todo.append(document)
+                seen.add(document.content_hash)
+        return todo
+
+    def _fewest_chunks_first(self, documents: list[Document]) -> list[Document]:
+        """One-document shards are planned in order of chunk count, then length. Shards
+        consolidated together take as many steps as the longest document among them, and a
+        document of two chunks takes twice the steps of one: in ingest order, every group of
+        128 of the first 1,048 SQuAD passages held 3-35 longer ones, and the others sat out
+        half its steps. Each shard's weights depend on its own document only, so the order
+        changes no weights."""
+        return sorted(documents, key=lambda d: (len(self._chunk(d)), len(d.text)))
+
+    def _work_order(self, shards: list[int]) -> list[tuple[bool, list[int]]]:
+        """`shards` grouped as `sharding.group_shards` does: fresh shards of one document
+        that fits one transformation are consolidated together, the others one by one."""
+        width = self.config.sharding.shards_in_parallel
+        if width is None:
+            width = 128 if self.memory._lm.device.type == "cuda" else 1
+        limit = self.config.consolidation.chunks_per_transformation
+
+        def fits_together(shard: int) -> bool:
+            documents = self.shards[shard]
+            return (
+                len(documents) == 1
+                and store.shard_weights(self.memory.root, self.memory._manifest, shard) is None
+                and len(self._chunk(documents[0])) <= limit
+            )
+
+        return group_shards(shards, fits_together, width)
+
+    def _chunk(self, document: Document) -> list[Chunk]:
+        key = (document.id, document.content_hash)
+        if key not in self._chunks_of:
+            tokenizer = self.memory._lm.tokenizer
+            self._chunks_of[key] = chunk_document(
+                document.id,
+                document.content_hash,
+                document.text,
+                self.config.chunking.chunk_tokens,
+                lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+            )
+        return self._chunks_of[key]
+
+    # --- fresh one-document shards, many at once ----------------------------------------
+    def _add_together(self, shards: list[int]) -> None:
+        """Consolidate fresh one-document `shards` at once and commit them together; if the
+        GPU runs out of memory for them, each half in turn."""
+        staging = store.staging_folder(self.memory.root)
+        try:
+            results = self._consolidate_together(shards, staging)
+            started = time.perf_counter()
+            self.commit_results(results, staging)
+            logger.info("committed %d shards in %.1fs", len(shards), time.perf_counter() - started)
+            self.memory._active_shard = shards[-1]  # the adapter holds its committed weights
+        except torch.OutOfMemoryError:
+            if len(shards) == 1:
+                raise
+            results = None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if results is None:
+            half = len(shards) // 2
+            logger.warning(
+                "out of GPU memory consolidating %d documents together; trying %d, then %d "
+                "(a lower sharding.shards_in_parallel avoids the retry)",
+                len(shards),
+                half,
+                len(shards) - half,
+            )
+            _release_gpu_memory()
+            self._add_together(shards[:half])
+            self._add_together(shards[half:])
+            return
+        for result in results:
+            for document_id in result.records:
+                self.report.count(document_id, result.chunks, result.items)
+
+    def _consolidate_together(self, shards: list[int], folder: Path) -> list[ShardResult]:
+        """Consolidate each of `shards` (fresh, one document each) into its own slot of a
+        stacked adapter at once, and save each shard's weights under `folder`, committing
+        nothing."""
+        config, lm = self.config, self.memory._lm
+        documents = [self.shards[shard][0] for shard in shards]
+        chunks = [self._chunk(document) for document in documents]
+        rngs = [random.Random(f"{config.seed}:{d.content_hash}") for d in documents]
+        self.memory._active_shard = None  # the adapter is about to hold uncommitted weights
+        reset_adapter(lm, config.seed)
+        outcomes, slots = transform_fresh_documents(lm, chunks, config, rngs)
+        started = time.perf_counter()
+        config_json = adapter_config_json(lm.model)
+        results = []
+        for slot, (shard, document, tensors) in enumerate(
+            zip(shards, documents, slots.state_dicts(), strict=True)
+        ):
+            write_adapter(folder / store.shard_dir(shard), config_json, tensors)
+            selected = outcomes[slot].selected
+            record = _record(document, shard, chunks[slot], selected)
+            results.append(ShardResult(shard, {document.id: record}, chunks[slot], selected))
+        slots.copy_to_adapter(len(shards) - 1)  # the adapter holds the last shard's weights
+        logger.info("wrote %d shards in %.1fs", len(shards), time.perf_counter() - started)
+        return results
+
+    # --- one shard at a time ------------------------------------------------------------
+    def _add_document(self, document: Document, shard: int) -> None:
+        """Consolidate one document into the active `shard` and commit it."""
+        shard_items = self._items_of_shard(shard, self.held_items, self.held_chunks)
+        chunks, items = self._consolidate(document, self.held_chunks, shard_items)
+        self.held_chunks.update({chunk.id: chunk for chunk in chunks})
+        self.held_items.extend(items)
+        documents = {
+            **self.memory._manifest.documents,
+            document.id: _record(document, shard, chunks, items),
+        }
+        self.memory._commit(documents, shard, self.held_chunks, self.held_items)
+        self.report.count(document.id, chunks, items)
+
+    def _consolidate_shard(self, shard: int, folder: Path) -> ShardResult:
+        """Consolidate the shard's planned documents, in order, and save its weights under
+        `folder`, committing nothing (a multi-GPU ingest commits every shard at once)."""
+        self.memory._activate(shard)
+        known_chunks = dict(self.held_chunks)
+        shard_items = self._items_of_shard(shard, self.held_items, self.held_chunks)
+        result = ShardResult(shard)
+        try:
+            for document in self.shards[shard]:
+                chunks, items = self._consolidate(document, known_chunks, shard_items)
+                known_chunks.update({chunk.id: chunk for chunk in chunks})
+                shard_items = shard_items + items
+                result.records[document.id] = _record(document, shard, chunks, items)
+                result.chunks.extend(chunks)
+                result.items.extend(items)
+            self.memory._lm.model.save_pretrained(folder / store.shard_dir(shard))
+        finally:
+            self.memory._active_shard = None  # the adapter holds weights not committed
+        return result
+
+    def _items_of_shard(
+        self, shard: int, items: list[TransferItem], chunks: dict[str, Chunk]
+    ) -> list[TransferItem]:
+        documents = self.memory._manifest.documents
+        return [i for i in items if documents[chunks[i.chunk_id].document_id].shard == shard]
+
+    def _consolidate(
+        self, document: Document, held_chunks: dict[str, Chunk], held_items: list[TransferItem]
+    ) -> tuple[list[Chunk], list[TransferItem]]:
+        config = self.config
+        chunks = self._chunk(document)
+        rng = random.Random(f"{config.seed}:{document.content_hash}")
+        items: list[TransferItem] = []
+        # A later transformation replays items of this document's earlier chunks too.
+        known_chunks = {**held_chunks, **{chunk.id: chunk for chunk in chunks}}
+        lm = self.memory._lm
+        try:
+            for group in batches(chunks, config.consolidation.chunks_per_transformation):
+                result = transform(lm, group, held_items + items, known_chunks, config, rng)
+                items.extend(result.selected)
+        except BaseException:
+            # Nothing of this document was committed: the adapter no longer matches disk.
+            self.memory._active_shard = None
+            raise
+        return chunks, items
+
+
+def _release_gpu_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _record(
+    document: Document, shard: int, chunks: list[Chunk], items: list[TransferItem]
+) -> store.DocumentRecord:
+    return store.DocumentRecord(
+        content_hash=document.content_hash,
+        chunks=len(chunks),
+        tokens=sum(chunk.tokens for chunk in chunks),
+        transfer_items=len(items),
+        added_at=store.now(),
+        shard=shard,
+        metadata=document.metadata,
+    )
