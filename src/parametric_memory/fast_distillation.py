@@ -39,7 +39,7 @@ import torch
 from .answer_positions import answer_mask, answer_positions, logits_at, right_padded
 from .config import ConsolidationConfig
 from .distillation import Example, topk_kl_loss
-from .host_copies import to_device
+from .host_copies import copy_into, to_device
 from .models import LoadedModel
 from .optimizer import capturable_adamw, clip_and_step, reset_state
 
@@ -274,7 +274,7 @@ class _StaticStep:
         answers = batch.answer_mask.shape[1]
         ids = torch.full(self.input_ids.shape, pad_id, dtype=torch.long)
         ids[:used, :width] = batch.input_ids
-        _copy_in(self.input_ids, ids)
+        copy_into(self.input_ids, ids)
         for target, source in (
             (self.answer_positions, batch.answer_positions),
             (self.topk_ids, batch.topk_ids),
@@ -283,11 +283,7 @@ class _StaticStep:
         ):
             padded = torch.zeros(target.shape, dtype=source.dtype)
             padded[:used, :answers] = source
-            _copy_in(target, padded)
-
-
-def _copy_in(target: torch.Tensor, source: torch.Tensor) -> None:
-    target.copy_(source.pin_memory() if target.is_cuda else source, non_blocking=True)
+            copy_into(target, padded)
 
 
 def _snapshot(params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> Callable:

@@ -14,3 +14,8 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def copy_into(target: torch.Tensor, source: torch.Tensor) -> None:
+    """Copy host `source` into `target` (a static buffer), without a stream sync on CUDA."""
+    target.copy_(source.pin_memory() if target.is_cuda else source, non_blocking=True)
