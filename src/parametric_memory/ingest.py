@@ -26,7 +26,7 @@ from .distillation import batches
 from .documents import Document
 from .elicit import TransferItem
 from .errors import InvalidDocumentError
-from .sharding import group_shards, plan_shards
+from .sharding import group_shards, items_of_shard, plan_shards
 from .transformation import transform, transform_fresh_documents
 
 if TYPE_CHECKING:
@@ -266,7 +266,7 @@ class Ingest:
     # --- one shard at a time ------------------------------------------------------------
     def _add_document(self, document: Document, shard: int) -> None:
         """Consolidate one document into the active `shard` and commit it."""
-        shard_items = self._items_of_shard(shard, self.held_items, self.held_chunks)
+        shard_items = self._items_of_shard(shard)
         chunks, items = self._consolidate(document, self.held_chunks, shard_items)
         self.held_chunks.update({chunk.id: chunk for chunk in chunks})
         self.held_items.extend(items)
@@ -282,7 +282,7 @@ class Ingest:
         `folder`, committing nothing (a multi-GPU ingest commits every shard at once)."""
         self.memory._activate(shard)
         known_chunks = dict(self.held_chunks)
-        shard_items = self._items_of_shard(shard, self.held_items, self.held_chunks)
+        shard_items = self._items_of_shard(shard)
         result = ShardResult(shard)
         try:
             for document in self.shards[shard]:
@@ -297,11 +297,11 @@ class Ingest:
             self.memory._active_shard = None  # the adapter holds weights not committed
         return result
 
-    def _items_of_shard(
-        self, shard: int, items: list[TransferItem], chunks: dict[str, Chunk]
-    ) -> list[TransferItem]:
-        documents = self.memory._manifest.documents
-        return [i for i in items if documents[chunks[i.chunk_id].document_id].shard == shard]
+    def _items_of_shard(self, shard: int) -> list[TransferItem]:
+        """The held transfer items of `shard`'s committed documents."""
+        return items_of_shard(
+            shard, self.held_items, self.held_chunks, self.memory._manifest.documents
+        )
 
     def _consolidate(
         self, document: Document, held_chunks: dict[str, Chunk], held_items: list[TransferItem]

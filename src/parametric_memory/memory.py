@@ -37,6 +37,7 @@ from .ingest import Ingest, IngestReport
 from .merged_adapter import answering_weights
 from .models import LoadedModel, load_model
 from .routing import ShardRouter
+from .sharding import items_of_shard
 from .transformation import retrain
 from .verify import record_problems, records_disagreement
 
@@ -296,7 +297,7 @@ class ParametricMemory:
         chunks: dict[str, Chunk],
         items: list[TransferItem],
     ) -> None:
-        kept = [i for i in items if documents[chunks[i.chunk_id].document_id].shard == shard]
+        kept = items_of_shard(shard, items, chunks, documents)
         reset_adapter(self._lm, self.config.seed)
         if kept:
             retrain(self._lm, kept, chunks, self.config, random.Random(self.config.seed))

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+from .chunking import Chunk
 from .documents import Document
+from .elicit import TransferItem
 from .store import DocumentRecord
 
 
@@ -28,6 +30,16 @@ def plan_shards(
         plan.setdefault(newest, []).append(document)
         filled += 1
     return plan
+
+
+def items_of_shard(
+    shard: int,
+    items: Sequence[TransferItem],
+    chunks: Mapping[str, Chunk],
+    documents: Mapping[str, DocumentRecord],
+) -> list[TransferItem]:
+    """The transfer items whose chunk's document is in `shard` (by `documents`' records)."""
+    return [i for i in items if documents[chunks[i.chunk_id].document_id].shard == shard]
 
 
 def balance_shards(plan: Mapping[int, Sequence[Document]], workers: int) -> list[list[int]]:
