@@ -7,11 +7,11 @@ import pytest
 import torch
 from peft import PeftModel
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save
 from test_consolidate import CUDA, student
 from test_fast_generation import load, model_dir  # noqa: F401
 
-from parametric_memory.adapter_files import adapter_config_json, write_adapter
+from parametric_memory.adapter_files import adapter_config_json, write_adapters
 from parametric_memory.adapter_slots import AdapterSlots
 
 
@@ -21,9 +21,9 @@ def test_written_slots_equal_what_save_pretrained_writes(model_dir, tmp_path, de
     slots = AdapterSlots(lm, 3)
     with torch.no_grad():
         slots.weights.normal_(std=0.1)  # every slot different, B no longer zero
-    config_json = adapter_config_json(lm.model)
-    for slot, tensors in enumerate(slots.state_dicts()):
-        write_adapter(tmp_path / f"fast-{slot}", config_json, tensors)
+    write_adapters(
+        [tmp_path / f"fast-{slot}" for slot in range(3)], adapter_config_json(lm.model), slots
+    )
     for slot in range(3):
         slots.copy_to_adapter(slot)
         lm.model.save_pretrained(tmp_path / f"peft-{slot}")
@@ -43,8 +43,28 @@ def test_a_written_slot_loads_into_peft(model_dir, tmp_path):  # noqa: F811
     slots = AdapterSlots(lm, 2)
     with torch.no_grad():
         slots.weights.normal_(std=0.1)
-    write_adapter(tmp_path / "a", adapter_config_json(lm.model), list(slots.state_dicts())[1])
-    loaded = PeftModel.from_pretrained(load(model_dir, "cpu"), tmp_path / "a")
+    folders = [tmp_path / "a", tmp_path / "b"]
+    write_adapters(folders, adapter_config_json(lm.model), slots)
+    loaded = PeftModel.from_pretrained(load(model_dir, "cpu"), folders[1])
     slots.copy_to_adapter(1)
     ids = torch.tensor([[3, 14, 15, 92, 65]])
     torch.testing.assert_close(loaded(input_ids=ids).logits, lm.model(input_ids=ids).logits)
+
+
+def test_every_slot_file_is_byte_for_byte_what_safetensors_writes(model_dir, tmp_path):  # noqa: F811
+    lm = student(model_dir)
+    slots = AdapterSlots(lm, 18)  # more than one host copy of slots
+    with torch.no_grad():
+        slots.weights.normal_(std=0.1)
+    folders = [tmp_path / f"s{slot}" for slot in range(18)]
+    write_adapters(folders, adapter_config_json(lm.model), slots)
+    for slot in (0, 15, 16, 17):
+        written = (folders[slot] / SAFETENSORS_WEIGHTS_NAME).read_bytes()
+        assert written == save(slots.state_dict(slot), metadata={"format": "pt"})
+
+
+def test_writing_slots_needs_a_folder_for_each(model_dir, tmp_path):  # noqa: F811
+    lm = student(model_dir)
+    with pytest.raises(ValueError, match="2 slots need as many folders"):
+        write_adapters([tmp_path / "a"], adapter_config_json(lm.model), AdapterSlots(lm, 2))
+    assert not (tmp_path / "a").exists()

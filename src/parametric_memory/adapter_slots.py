@@ -19,7 +19,7 @@ adapter, so it is saved and loaded like any adapter.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -111,15 +111,25 @@ class AdapterSlots:
             lora_b.copy_(b)
 
     @torch.no_grad()
-    def state_dicts(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Every slot in turn as peft's `get_peft_model_state_dict` gives the adapter after
-        `copy_to_adapter(slot)`: the same keys and values, contiguous, on the CPU (all slots
-        come to host memory in one copy first)."""
-        for row in self.weights.detach().to("cpu"):
-            tensors = {}
-            for (key_a, key_b), (a, b) in zip(self._keys, self._unpack(row), strict=True):
-                tensors[key_a], tensors[key_b] = a.contiguous(), b.contiguous()
-            yield tensors
+    def state_dict(self, slot: int) -> dict[str, torch.Tensor]:
+        """Slot `slot` as peft's `get_peft_model_state_dict` gives the adapter after
+        `copy_to_adapter(slot)`: the same keys and values, contiguous, on the CPU."""
+        row = self.weights.detach()[slot].to("cpu")
+        tensors = {}
+        for (key_a, key_b), (a, b) in zip(self._keys, self._unpack(row), strict=True):
+            tensors[key_a], tensors[key_b] = a.contiguous(), b.contiguous()
+        return tensors
+
+    @torch.no_grad()
+    def saved_rows(self, order: Sequence[str], first: int, stop: int) -> torch.Tensor:
+        """[stop - first, n]: slots `first` to `stop` (not included), each as the tensors of
+        its `state_dict` in `order`, flattened one after another (computed where the slots
+        are)."""
+        rows = self.weights.detach()[first:stop]
+        tensors = {}
+        for (key_a, key_b), (a, b) in zip(self._keys, self._layer_views(rows), strict=True):
+            tensors[key_a], tensors[key_b] = a.transpose(-1, -2), b.transpose(-1, -2)
+        return torch.cat([tensors[key].flatten(1) for key in order], dim=1)
 
     def _unpack(self, row: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's (lora_A [rank, in], lora_B [out, rank]) views of one slot's row."""

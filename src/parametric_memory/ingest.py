@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import store
-from .adapter_files import adapter_config_json, write_adapter
+from .adapter_files import adapter_config_json, write_adapters
 from .chunking import Chunk, chunk_document
 from .consolidate import reset_adapter
 from .distillation import batches
@@ -250,12 +250,10 @@ class Ingest:
         reset_adapter(lm, config.seed)
         outcomes, slots = transform_fresh_documents(lm, chunks, config, rngs)
         started = time.perf_counter()
-        config_json = adapter_config_json(lm.model)
+        folders = [folder / store.shard_dir(shard) for shard in shards]
+        write_adapters(folders, adapter_config_json(lm.model), slots)
         results = []
-        for slot, (shard, document, tensors) in enumerate(
-            zip(shards, documents, slots.state_dicts(), strict=True)
-        ):
-            write_adapter(folder / store.shard_dir(shard), config_json, tensors)
+        for slot, (shard, document) in enumerate(zip(shards, documents, strict=True)):
             selected = outcomes[slot].selected
             record = _record(document, shard, chunks[slot], selected)
             results.append(ShardResult(shard, {document.id: record}, chunks[slot], selected))
