@@ -115,25 +115,27 @@ class AdapterSlots:
         """Slot `slot` as peft's `get_peft_model_state_dict` gives the adapter after
         `copy_to_adapter(slot)`: the same keys and values, contiguous, on the CPU."""
         row = self.weights.detach()[slot].to("cpu")
-        tensors = {}
-        for (key_a, key_b), (a, b) in zip(self._keys, self._unpack(row), strict=True):
-            tensors[key_a], tensors[key_b] = a.contiguous(), b.contiguous()
-        return tensors
+        return {key: view.contiguous() for key, view in self._peft_views(row).items()}
 
     @torch.no_grad()
     def saved_rows(self, order: Sequence[str], first: int, stop: int) -> torch.Tensor:
         """[stop - first, n]: slots `first` to `stop` (not included), each as the tensors of
         its `state_dict` in `order`, flattened one after another (computed where the slots
         are)."""
-        rows = self.weights.detach()[first:stop]
-        tensors = {}
-        for (key_a, key_b), (a, b) in zip(self._keys, self._layer_views(rows), strict=True):
-            tensors[key_a], tensors[key_b] = a.transpose(-1, -2), b.transpose(-1, -2)
-        return torch.cat([tensors[key].flatten(1) for key in order], dim=1)
+        views = self._peft_views(self.weights.detach()[first:stop])
+        return torch.cat([views[key].flatten(1) for key in order], dim=1)
 
-    def _unpack(self, row: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Each layer's (lora_A [rank, in], lora_B [out, rank]) views of one slot's row."""
-        return ((a.t(), b.t()) for a, b in self._layer_views(row))
+    def _peft_views(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each tensor's key in peft's saved state dict -> its view of `rows` ([..., n])."""
+        views = {}
+        for (key_a, key_b), (a, b) in zip(self._keys, self._unpack(rows), strict=True):
+            views[key_a], views[key_b] = a, b
+        return views
+
+    def _unpack(self, rows: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's (lora_A [..., rank, in], lora_B [..., out, rank]) views of `rows`
+        ([..., n]: one slot's row, or several)."""
+        return ((a.transpose(-1, -2), b.transpose(-1, -2)) for a, b in self._layer_views(rows))
 
     def _layer_views(self, rows: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Each layer's (A [..., in, rank], B [..., rank, out]) views of `rows` ([..., n]:
