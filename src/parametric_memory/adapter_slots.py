@@ -4,8 +4,8 @@ one-document shards at once, which on a GPU costs little more than one (a small 
 is bound by kernel launches and memory traffic, not arithmetic).
 
 The slots live in one [slots, n] float32 tensor, so the optimiser, clipping and checks are a
-few whole-tensor operations. During a forward pass the peft adapter is switched off and a
-hook on each adapted base layer adds each row's update:
+few whole-tensor operations. While attached, each adapted layer's forward is replaced by
+`slot_linear.SlotLinear`, which adds each row's update to the base layer's output:
 
     y[row] = W x[row] + scaling * (dropout(x[row]) A_k) B_k,   k = the row's slot
 
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 
-from .generation import adapter_disabled
 from .models import LoadedModel
+from .slot_linear import SlotLinear, base_weight
 
 _ADAPTER = "default"
 
@@ -43,6 +43,8 @@ class AdapterSlots:
         if not named:
             raise ValueError(f"{lm.name} has no LoRA adapter to copy into slots")
         self._layers = [module for _, module in named]
+        for layer in self._layers:
+            base_weight(layer.get_base_layer())  # raises for a layer SlotLinear cannot compute
         self._keys = [(f"{n}.lora_A.weight", f"{n}.lora_B.weight") for n, _ in named]
         """Each layer's keys in peft's saved state dict (module path, adapter name left out)."""
         self._shapes: list[tuple[int, int, int]] = []  # (in, rank, out) of each layer
@@ -63,18 +65,16 @@ class AdapterSlots:
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:
-        """Inside, the model computes with the slots (see `use_rows`) instead of its own
-        adapter."""
-        hooks = [
-            layer.get_base_layer().register_forward_hook(self._hook(index, layer))
-            for index, layer in enumerate(self._layers)
-        ]
+        """Inside, each adapted layer computes with the slots (see `use_rows`) instead of its
+        own adapter: its forward is replaced by `SlotLinear` on the instance, and restored
+        on the way out."""
+        for index, layer in enumerate(self._layers):
+            layer.forward = self._slot_forward(index, layer)
         try:
-            with adapter_disabled(self.model):
-                yield
+            yield
         finally:
-            for hook in hooks:
-                hook.remove()
+            for layer in self._layers:
+                del layer.forward  # the class's forward again
             self._views = []
 
     def use_rows(self, slot_of_row: torch.Tensor) -> None:
@@ -86,21 +86,20 @@ class AdapterSlots:
         rows = (self.weights * self._scale).to(self._dtype).index_select(0, slot_of_row)
         self._views = [view for pair in self._layer_views(rows) for view in pair]
 
-    def _hook(self, index: int, layer: LoraLayer):
+    def _slot_forward(self, index: int, layer: LoraLayer):
         dropout = layer.lora_dropout[_ADAPTER]
         dropout_p = dropout.p if isinstance(dropout, torch.nn.Dropout) else 0.0
+        base = layer.get_base_layer()
 
-        def add_slot_updates(module, args, output):
+        def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             a, b = self._views[2 * index], self._views[2 * index + 1]  # [rows, in/rank, ...]
-            x = args[0].reshape(a.shape[0], -1, a.shape[1]).to(a.dtype)
-            if dropout_p and module.training:
-                x = F.dropout(x, dropout_p)
-            base = output.reshape(a.shape[0], -1, b.shape[2]).to(b.dtype)
-            # One kernel adds the update to the base output (no separate scale and add over
-            # an activation-sized tensor, forward or backward).
-            return torch.baddbmm(base, torch.bmm(x, a), b).view(output.shape).to(output.dtype)
+            rows = x.reshape(a.shape[0], -1, a.shape[1]).to(a.dtype)
+            rows_lora = F.dropout(rows, dropout_p) if dropout_p and layer.training else rows
+            weight, bias = base_weight(base)
+            y = SlotLinear.apply(rows, rows_lora, weight, bias, a, b)
+            return y.view(*x.shape[:-1], b.shape[2])
 
-        return add_slot_updates
+        return forward
 
     @torch.no_grad()
     def copy_to_adapter(self, slot: int) -> None:

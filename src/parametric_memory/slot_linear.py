@@ -1,0 +1,66 @@
+"""A linear layer plus each row's own LoRA update, forward and backward in one autograd
+Function, as `AdapterSlots` computes an adapted layer:
+
+    y[row] = x[row] W^T + bias + (x'[row] A_row) B_row      (x' = x, or x after dropout)
+
+Left to autograd, the base layer and the update are separate nodes: the gradient of x is
+computed twice (once through W, once through the update) and summed by one more kernel over
+an activation-sized tensor, and the transposed slot weights are copied to contiguous memory
+first. Here, when x' is x, the update's share is added into the base gradient by the same
+kernel that computes it (`baddbmm_`), and the transposes are read in place. On a small model
+these activation-sized sums were a large part of a slot-training step's GPU time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+
+def base_weight(base: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`base`'s weight as [out, in] and its bias: an `nn.Linear`, or transformers' `Conv1D`
+    (GPT-2's layers, weight stored as [in, out])."""
+    if isinstance(base, nn.Linear):
+        return base.weight, base.bias
+    if type(base).__name__ == "Conv1D" and getattr(base, "weight", None) is not None:
+        return base.weight.t(), base.bias
+    raise ValueError(f"adapter slots train LoRA on linear layers; {type(base).__name__} is not one")
+
+
+class SlotLinear(torch.autograd.Function):
+    """Inputs: x [rows, tokens, in], x_lora (x itself, or x after dropout), the base weight
+    [out, in] and bias, each row's A [rows, in, rank] and B [rows, rank, out] (scaling
+    included). Output [rows, tokens, out]."""
+
+    @staticmethod
+    def forward(ctx, x, x_lora, weight, bias, a, b):
+        ctx.shared = x_lora is x
+        xa = torch.bmm(x_lora, a)
+        ctx.save_for_backward(x, None if ctx.shared else x_lora, weight, a, b, xa)
+        return F.linear(x, weight, bias).baddbmm_(xa, b)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, x_lora, weight, a, b, xa = ctx.saved_tensors
+        x_lora = x if ctx.shared else x_lora
+        need_x, need_x_lora, need_weight, need_bias, need_a, need_b = ctx.needs_input_grad
+        grad_x = grad_x_lora = grad_weight = grad_bias = grad_a = grad_b = None
+        grad_xa = torch.bmm(grad_y, b.transpose(1, 2))  # [rows, tokens, rank]
+        if need_x:
+            grad_x = torch.matmul(grad_y, weight)
+            if ctx.shared:
+                grad_x.baddbmm_(grad_xa, a.transpose(1, 2))
+        if need_x_lora and not ctx.shared:
+            grad_x_lora = torch.bmm(grad_xa, a.transpose(1, 2))
+        if need_weight:
+            grad_weight = grad_y.flatten(0, -2).t() @ x.flatten(0, -2)
+        if need_bias:
+            grad_bias = grad_y.flatten(0, -2).sum(dim=0)
+        if need_a:
+            grad_a = torch.bmm(x_lora.transpose(1, 2), grad_xa)
+        if need_b:
+            grad_b = torch.bmm(xa.transpose(1, 2), grad_y)
+        return grad_x, grad_x_lora, grad_weight, grad_bias, grad_a, grad_b
