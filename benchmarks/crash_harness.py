@@ -443,7 +443,8 @@ def _stage_at(elapsed: float, timing: DocumentTiming) -> str:
     total = sum(timing.laps.values()) or 1.0
     scale = timing.transform_s / total
     elicit_end = timing.laps.get("elicit", 0.0) * scale
-    select_end = elicit_end + timing.laps.get("select", 0.0) * scale
+    selection = timing.laps.get("teacher", 0.0) + timing.laps.get("select", 0.0)
+    select_end = elicit_end + selection * scale
     if elapsed < elicit_end:
         return "elicitation"
     if elapsed < select_end:

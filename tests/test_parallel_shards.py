@@ -3,6 +3,7 @@ give the memory that consolidating them one by one gives (up to rounding)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -13,11 +14,16 @@ from test_consolidate import CUDA, adapter_params, adapter_weights, no_host_sync
 from test_distributed import IDS, TEXTS, _records, _weights
 from test_fast_generation import model_dir, random_examples  # noqa: F401
 
-from parametric_memory import ParametricMemory, slot_training
+from parametric_memory import ParametricMemory, slot_training, transformation
 from parametric_memory import ingest as ingest_module
 from parametric_memory.adapter_slots import AdapterSlots
 from parametric_memory.cli import prefer_expandable_segments
-from parametric_memory.config import ChunkingConfig, ConsolidationConfig, ShardingConfig
+from parametric_memory.config import (
+    ChunkingConfig,
+    ConsolidationConfig,
+    SelectionConfig,
+    ShardingConfig,
+)
 from parametric_memory.consolidate import train_student, training_batches
 from parametric_memory.documents import make_documents
 from parametric_memory.ingest import Ingest
@@ -274,3 +280,27 @@ def test_the_command_prefers_expandable_segments_unless_the_user_chose(
         monkeypatch.setenv(name, value)
     prefer_expandable_segments()
     assert os.environ.get("PYTORCH_CUDA_ALLOC_CONF") == expected
+
+
+@pytest.mark.parametrize("width", [1, 2])
+@pytest.mark.parametrize("keep_ratio", [1.0, 0.5])
+def test_perplexity_gaps_are_computed_only_when_they_decide_the_selection(
+    tmp_path, tiny_config, monkeypatch, width, keep_ratio
+):
+    passes = []
+    real = transformation.student_nll
+    monkeypatch.setattr(transformation, "student_nll", lambda *a: passes.append(1) or real(*a))
+    config = tiny_config.model_copy(
+        update={
+            "selection": SelectionConfig(keep_ratio=keep_ratio),
+            "sharding": ShardingConfig(documents_per_shard=1, shards_in_parallel=width),
+        }
+    )
+    memory = ParametricMemory.create(tmp_path / "mem", config)
+    memory.add_documents(TEXTS[:2], ids=IDS[:2], progress=False)
+    gaps = [json.loads(line)["perplexity_gap"] for line in _records(memory, "transfer_set.jsonl")]
+    assert gaps
+    if keep_ratio == 1.0:
+        assert not passes and all(gap is None for gap in gaps)
+    else:
+        assert passes and all(isinstance(gap, float) for gap in gaps)

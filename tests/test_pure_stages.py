@@ -87,6 +87,14 @@ def test_selection_drops_degenerate_items():
     assert select_items(items, [5.0, 0.0], SelectionConfig(keep_ratio=1.0)) == [1]
 
 
+def test_selection_without_gaps_keeps_every_fine_item_unless_it_ranks_by_gap():
+    items = [TransferItem("c", "entity", "q", ""), TransferItem("c", "entity", "q", "fine")]
+    assert select_items(items, None, SelectionConfig()) == [1]
+    for ranking in (SelectionConfig(keep_ratio=0.5), SelectionConfig(min_perplexity_gap=0.0)):
+        with pytest.raises(ValueError, match="perplexity gap"):
+            select_items(items, None, ranking)
+
+
 def test_kl_is_zero_when_student_matches_teacher_and_positive_otherwise():
     logits = torch.randn(2, 3, 11)
     logprobs = torch.log_softmax(logits, -1)

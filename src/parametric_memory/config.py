@@ -63,6 +63,14 @@ class SelectionConfig(_Config):
     """If set, also drop items whose log-perplexity gap (nats per answer token, without
     chunk minus with chunk) is below this value."""
 
+    @property
+    def ranks_by_gap(self) -> bool:
+        """Whether the perplexity gaps can change which items are kept. With the defaults
+        (every non-degenerate item kept, no minimum gap) they cannot, so they are not
+        computed (one forward pass of every item without its chunk) and selected items keep
+        `perplexity_gap` None."""
+        return self.keep_ratio < 1.0 or self.min_perplexity_gap is not None
+
 
 class ConsolidationConfig(_Config):
     lora_rank: int = Field(16, ge=1, le=1024)

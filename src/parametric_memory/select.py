@@ -37,10 +37,15 @@ def degeneracy(item: TransferItem) -> str | None:
 
 
 def select_items(
-    items: Sequence[TransferItem], gaps: Sequence[float], config: SelectionConfig
+    items: Sequence[TransferItem], gaps: Sequence[float] | None, config: SelectionConfig
 ) -> list[int]:
     """Indices of the non-degenerate items with the largest gaps: `keep_ratio` of them (at
-    least one), above `min_perplexity_gap` if set. In input order."""
+    least one), above `min_perplexity_gap` if set. In input order. `gaps` may be None when
+    `config.ranks_by_gap` is false: every non-degenerate item is kept."""
+    if gaps is None:
+        if config.ranks_by_gap:
+            raise ValueError("this selection ranks items by perplexity gap; pass the gaps")
+        return [index for index, item in enumerate(items) if degeneracy(item) is None]
     if len(items) != len(gaps):
         raise ValueError(f"got {len(items)} items but {len(gaps)} perplexity gaps")
     candidates = [

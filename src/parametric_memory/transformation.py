@@ -50,9 +50,10 @@ def transform(
     clock.lap("elicit")
     batch = config.consolidation.batch_size
     examples = _with_teacher_targets(lm, items, known_chunks, config, batch)
-    gaps = _perplexity_gaps(lm, examples, batch)
+    clock.lap("teacher")
+    gaps = _perplexity_gaps(lm, examples, batch, config)
     chosen = select_items(items, gaps, config.selection)
-    selected = [replace(items[i], perplexity_gap=gaps[i]) for i in chosen]
+    selected = [replace(items[i], perplexity_gap=_gap(gaps, i)) for i in chosen]
     clock.lap("select")
     replay = sample_replay(held_items, len(selected), config.consolidation.replay_ratio, rng)
     training_set = [examples[i] for i in chosen]
@@ -106,10 +107,11 @@ def transform_fresh_documents(
     clock.lap("elicit")
     batch = _INFERENCE_ROWS
     examples = _with_teacher_targets(lm, items, {c.id: c for c in chunks}, config, batch)
+    clock.lap("teacher")
     # A fresh adapter adds exactly zero: the base model gives the same gaps without the
     # LoRA branch's float32 copies of every layer's input.
     with adapter_disabled(lm.model):
-        gaps = _perplexity_gaps(lm, examples, batch)
+        gaps = _perplexity_gaps(lm, examples, batch, config)
     document_of = {chunk.id: i for i, document in enumerate(documents) for chunk in document}
     items_of: list[list[int]] = [[] for _ in documents]
     for index, item in enumerate(items):
@@ -130,7 +132,7 @@ def transform_fresh_documents(
     )
     results = [
         TransformationResult(
-            [replace(items[i], perplexity_gap=gaps[i]) for i in picked], len(mine), 0, stat
+            [replace(items[i], perplexity_gap=_gap(gaps, i)) for i in picked], len(mine), 0, stat
         )
         for mine, picked, stat in zip(items_of, chosen, stats, strict=True)
     ]
@@ -138,12 +140,14 @@ def transform_fresh_documents(
 
 
 def _select_among(
-    items: list[TransferItem], gaps: list[float], candidates: list[int], config: MemoryConfig
+    items: list[TransferItem],
+    gaps: list[float] | None,
+    candidates: list[int],
+    config: MemoryConfig,
 ) -> list[int]:
     """Selection over `candidates` (indices of one document's items) alone."""
-    kept = select_items(
-        [items[i] for i in candidates], [gaps[i] for i in candidates], config.selection
-    )
+    mine = None if gaps is None else [gaps[i] for i in candidates]
+    kept = select_items([items[i] for i in candidates], mine, config.selection)
     return [candidates[position] for position in kept]
 
 
@@ -185,6 +189,16 @@ def _with_teacher_targets(
     return examples
 
 
-def _perplexity_gaps(lm: LoadedModel, examples: list[Example], batch_size: int) -> list[float]:
+def _perplexity_gaps(
+    lm: LoadedModel, examples: list[Example], batch_size: int, config: MemoryConfig
+) -> list[float] | None:
+    """Each example's answer NLL without its chunk minus with it; None when the selection
+    would keep the same items whatever the gaps."""
+    if not config.selection.ranks_by_gap:
+        return None
     without_chunk = student_nll(lm, examples, batch_size)
     return [nll - e.teacher_nll for nll, e in zip(without_chunk, examples, strict=True)]
+
+
+def _gap(gaps: list[float] | None, index: int) -> float | None:
+    return None if gaps is None else gaps[index]
