@@ -131,6 +131,7 @@ def test_a_memory_ingested_together_is_the_one_ingested_one_by_one(tmp_path, tin
     def memory(name: str, width: int) -> ParametricMemory:
         config = tiny_config.model_copy(
             update={
+                "dtype": "float32",  # the tolerances below are float32 rounding, on any device
                 "sharding": ShardingConfig(documents_per_shard=1, shards_in_parallel=width),
                 "consolidation": tiny_config.consolidation.model_copy(
                     update={"chunks_per_transformation": 1}
