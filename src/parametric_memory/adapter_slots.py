@@ -43,8 +43,9 @@ class AdapterSlots:
         if not named:
             raise ValueError(f"{lm.name} has no LoRA adapter to copy into slots")
         self._layers = [module for _, module in named]
-        for layer in self._layers:
-            base_weight(layer.get_base_layer())  # raises for a layer SlotLinear cannot compute
+        self._bases = [base_weight(layer.get_base_layer()) for layer in self._layers]
+        """Each layer's base weight [out, in] and bias (raises for a layer SlotLinear cannot
+        compute)."""
         self._keys = [(f"{n}.lora_A.weight", f"{n}.lora_B.weight") for n, _ in named]
         """Each layer's keys in peft's saved state dict (module path, adapter name left out)."""
         self._shapes: list[tuple[int, int, int]] = []  # (in, rank, out) of each layer
@@ -89,13 +90,12 @@ class AdapterSlots:
     def _slot_forward(self, index: int, layer: LoraLayer):
         dropout = layer.lora_dropout[_ADAPTER]
         dropout_p = dropout.p if isinstance(dropout, torch.nn.Dropout) else 0.0
-        base = layer.get_base_layer()
+        weight, bias = self._bases[index]
 
         def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
             a, b = self._views[2 * index], self._views[2 * index + 1]  # [rows, in/rank, ...]
             rows = x.reshape(a.shape[0], -1, a.shape[1]).to(a.dtype)
             rows_lora = F.dropout(rows, dropout_p) if dropout_p and layer.training else rows
-            weight, bias = base_weight(base)
             y = SlotLinear.apply(rows, rows_lora, weight, bias, a, b)
             return y.view(*x.shape[:-1], b.shape[2])
 

@@ -45,7 +45,7 @@ def select_items(
     if gaps is None:
         if config.ranks_by_gap:
             raise ValueError("this selection ranks items by perplexity gap; pass the gaps")
-        return [index for index, item in enumerate(items) if degeneracy(item) is None]
+        gaps = [0.0] * len(items)  # every candidate is kept: no gap decides anything
     if len(items) != len(gaps):
         raise ValueError(f"got {len(items)} items but {len(gaps)} perplexity gaps")
     candidates = [
