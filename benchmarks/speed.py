@@ -4,7 +4,8 @@ on random-weight models of real shapes (throughput does not depend on weight val
 (a) elicitation: greedy tokens/s of `fast_generation.greedy_generate` with the engine's CUDA
     kernels (`fused_kernels`, where Liger is installed) vs stock HF `generate`, each with its
     baseline measured in the same run, on the plain model (elicitation) and on the model
-    wrapped by peft with an active LoRA adapter (answering); no early EOS.
+    wrapped by peft with an active LoRA adapter (answering); no early EOS. `--compiled` adds
+    the same decoder with its step compiled (`compile_step=True`; the first call compiles).
 (b) distillation: one LoRA student step (forward + backward + clip + fused AdamW), the
     reference step of `consolidate.train_student` vs `fast_distillation.train_step`, with
     achieved TFLOP/s and % of the card's bf16 dense peak.
@@ -154,7 +155,8 @@ def main() -> None:
     batches = args.batches or ([1, 4] if args.quick else [1, 32, 128])
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
-    report = {"environment": environment(device), "sizes": asdict(sizes), "rows": {}}
+    env = {**environment(device), "compiled_decode": args.compiled}
+    report = {"environment": env, "sizes": asdict(sizes), "rows": {}}
     print(json.dumps(report["environment"]), flush=True)
     for shape in shapes:
         for section in args.sections:
@@ -185,6 +187,9 @@ def parse_args() -> argparse.Namespace:
         help="rows per fixed-length distillation step (default 32)",
     )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke test)")
+    parser.add_argument(
+        "--compiled", action="store_true", help="elicitation: also the compiled decode step"
+    )
     return parser.parse_args()
 
 
@@ -245,19 +250,21 @@ def elicitation_rows(model, shape: str, sizes: Sizes, batches: list[int], env: d
     header(
         f"(a) elicitation, {shape}: prompt ~{sizes.prompt_tokens} tok, "
         f"{sizes.new_tokens} new tok, greedy",
-        ["model", "batch", "HF tok/s", "fast tok/s", "speed-up", "fast 1st call s", "same"],
+        ["model", "batch", "HF tok/s", "fast tok/s", "speed-up", "fast 1st call s", "same"]
+        + (["compiled tok/s", "speed-up", "1st call s", "same"] if env["compiled_decode"] else []),
     )
     rows = []
     for variant in ("plain", "lora"):
         target = model if variant == "plain" else with_lora(model, sizes.lora_rank)
         hf_generate(target, *left_padded_prompts(1, 8, target, seed=0), 2)  # one-time init
         for batch in batches:
-            rows.append(elicitation_row(target, shape, variant, batch, sizes))
+            compiled = env["compiled_decode"]
+            rows.append(elicitation_row(target, shape, variant, batch, sizes, compiled))
             release_graphs(target)
     return rows
 
 
-def elicitation_row(model, shape: str, variant: str, batch: int, sizes: Sizes) -> dict:
+def elicitation_row(model, shape, variant: str, batch: int, sizes: Sizes, compiled: bool) -> dict:
     new = sizes.new_tokens
     warm_ids, warm_mask = left_padded_prompts(batch, sizes.prompt_tokens, model, seed=1)
     ids, mask = left_padded_prompts(batch, sizes.prompt_tokens, model, seed=2)
@@ -266,7 +273,6 @@ def elicitation_row(model, shape: str, variant: str, batch: int, sizes: Sizes) -
         fast_s, fast_out = timed(lambda: fast_generate(model, ids, mask, new))
     hf_s, hf_out = timed(lambda: hf_generate(model, ids, mask, new))
     assert hf_out.shape[1] == fast_out.shape[1] == ids.shape[1] + new, "stopped early"
-    same = float((hf_out == fast_out).all(1).float().mean())
     row = {
         "shape": shape,
         "model": variant,
@@ -275,11 +281,29 @@ def elicitation_row(model, shape: str, variant: str, batch: int, sizes: Sizes) -
         "fast_tokens_per_s": batch * new / fast_s,
         "speedup": hf_s / fast_s,
         "fast_first_call_s": first_s,
-        "rows_identical": same,
+        "rows_identical": rows_identical(hf_out, fast_out),
     }
     cells = [variant, batch, row["hf_tokens_per_s"], row["fast_tokens_per_s"], row["speedup"]]
-    print_row([*cells, first_s, same])
+    cells += [first_s, row["rows_identical"]]
+    if compiled:
+        release_graphs(model)
+        with engine_kernels(model):
+            first_s, _ = timed(lambda: fast_generate(model, warm_ids, warm_mask, new, True))
+            compiled_s, out = timed(lambda: fast_generate(model, ids, mask, new, True))
+        row["compiled_tokens_per_s"] = batch * new / compiled_s
+        row["compiled_speedup"] = hf_s / compiled_s
+        row["compiled_first_call_s"] = first_s
+        row["compiled_rows_identical"] = rows_identical(hf_out, out)
+        cells += [row[f"compiled_{key}"] for key in ELICIT_COMPILED_KEYS]
+    print_row(cells)
     return row
+
+
+ELICIT_COMPILED_KEYS = ("tokens_per_s", "speedup", "first_call_s", "rows_identical")
+
+
+def rows_identical(expected: torch.Tensor, actual: torch.Tensor) -> float:
+    return float((expected == actual).all(1).float().mean())
 
 
 def left_padded_prompts(batch: int, tokens: int, model, seed: int):
@@ -323,8 +347,10 @@ def engine_answer(model, ids, mask, new_tokens: int) -> torch.Tensor:
         return fast_generate(model, ids, mask, new_tokens)
 
 
-def fast_generate(model, ids, mask, new_tokens: int) -> torch.Tensor:
-    return greedy_generate(model, ids, mask, new_tokens, eos_token_id=None, pad_token_id=PAD)
+def fast_generate(model, ids, mask, new_tokens: int, compiled: bool = False) -> torch.Tensor:
+    return greedy_generate(
+        model, ids, mask, new_tokens, eos_token_id=None, pad_token_id=PAD, compile_step=compiled
+    )
 
 
 @torch.inference_mode()

@@ -85,7 +85,9 @@ def frequent_tokens(model, count: int) -> list[int]:
     return torch.bincount(generated).topk(count).indices.tolist()
 
 
-def assert_same_as_generate(model, ids, mask, eos, static_shapes=None, new_tokens=NEW_TOKENS):
+def assert_same_as_generate(
+    model, ids, mask, eos, static_shapes=None, new_tokens=NEW_TOKENS, compile_step=False
+):
     expected = reference(model, ids, mask, eos, new_tokens)
     actual = greedy_generate(
         model,
@@ -95,6 +97,7 @@ def assert_same_as_generate(model, ids, mask, eos, static_shapes=None, new_token
         eos_token_id=eos,
         pad_token_id=PAD,
         static_shapes=static_shapes,
+        compile_step=compile_step,
     )
     assert actual.shape == expected.shape
     assert torch.equal(actual, expected)
@@ -174,6 +177,37 @@ def test_generation_generate_is_unchanged_by_the_fast_path(model_dir, monkeypatc
     expected = generation.generate(lm, users, 12, batch_size=2)
     monkeypatch.setattr(generation, "_use_fast_decode", lambda lm: True)
     assert generation.generate(lm, users, 12, batch_size=2) == expected
+
+
+def compiled_frames() -> int:
+    return torch._dynamo.utils.counters["frames"]["ok"]
+
+
+def test_compiled_step_matches_generate(model_dir):
+    """The step compiled once per batch and cache-length bucket, then reused: on a CPU the
+    compiled forward runs at every step, so every token comes from it."""
+    model = with_lora(load(model_dir))
+    eos = frequent_tokens(model, 1)
+    before = compiled_frames()
+    for seed, rows in enumerate([3, 4, 3]):  # one batch bucket (4), one cache length
+        ids, mask = random_prompts(rows, seed=70 + seed, vocab=model.config.vocab_size)
+        assert_same_as_generate(model, ids, mask, eos, static_shapes=True, compile_step=True)
+    assert compiled_frames() == before + 1
+    release_graphs(model)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_cuda_graph_matches_generate(model_dir):
+    model = load(model_dir, device="cuda")
+    eos = frequent_tokens(model, 1)
+    before = compiled_frames()
+    for seed, rows in enumerate([5, 8]):
+        ids, mask = random_prompts(rows, seed=80 + seed, vocab=model.config.vocab_size)
+        assert_same_as_generate(model, ids.cuda(), mask.cuda(), eos, compile_step=True)
+    runners = list(fast_generation._RUNNERS[model].values())
+    assert len(runners) == 1 and runners[0].graph is not None
+    assert compiled_frames() > before
+    release_graphs(model)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -46,6 +46,10 @@ class ElicitationConfig(_Config):
     """Longest answer the teacher writes for one transfer item, in tokens."""
     generation_batch_size: int = Field(16, ge=1, le=1024)
     """Prompts generated together (left-padded, KV-cached)."""
+    compile_decode: bool = False
+    """On CUDA, compile the graphed decode step with `torch.compile` (fused elementwise
+    kernels). Faster decoding at large batches, but every batch and cache-length bucket
+    compiles once per process first: worth it for long ingests, not for a few documents."""
 
     @field_validator("prompt_kinds")
     @classmethod

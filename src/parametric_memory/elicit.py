@@ -42,6 +42,7 @@ def elicit_transfer_set(
             [teacher_prompt(c.text, p.prompt) for c, p in pending],
             config.max_answer_tokens,
             config.generation_batch_size,
+            config.compile_decode,
         )
     generated = {id(p): a.strip() for (_, p), a in zip(pending, answers, strict=True)}
     return [
@@ -66,6 +67,7 @@ def _write_questions(
         [teacher_prompt(c.text, p.prompt) for c, p in writers],
         48,
         config.generation_batch_size,
+        config.compile_decode,
     )
     # Greedy decoding writes the same question for every placeholder of a chunk; keep one.
     written: dict[tuple[str, str], PlannedPrompt] = {}

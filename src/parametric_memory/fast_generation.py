@@ -9,7 +9,11 @@ on a GPU a small model then runs at the speed of the interpreter, not of the car
 * one decode step (model forward on one token per row, argmax, EOS/pad bookkeeping, cache
   write, position and mask update) only touches preallocated tensors, so on CUDA it is
   captured once in a CUDA graph and replayed; on a CPU the same step runs eagerly;
-* the host reads the "all rows finished" flag only every `_CHECK_EVERY` steps.
+* the host reads the "all rows finished" flag only every `_CHECK_EVERY` steps;
+* with `compile_step=True` the model's forward inside the step goes through `torch.compile`
+  first, which fuses the per-layer chain of small elementwise kernels (RoPE, residual adds,
+  casts) that bounds a small model's step at large batches. It costs a compilation per
+  batch and cache-length bucket, once per process, so it is opt-in.
 
 Outputs are token-identical to `model.generate(..., do_sample=False)`: finished rows get the
 pad token, and the result is trimmed to the step where the last row finished.
@@ -24,6 +28,8 @@ the graph as they are at replay time.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 import logging
 import threading
@@ -49,6 +55,9 @@ _MIN_CACHE_LENGTH = 256
 _MAX_STOP_TOKENS = 8
 _RUNNERS_PER_MODEL = 2
 """Graphed runners kept per model (each holds a KV cache of batch x length)."""
+_COMPILED_SHAPES_LIMIT = 64
+"""Compilations of the decode step kept per process (one per model, batch and cache length
+bucket); past it, torch.compile would quietly fall back to the eager forward."""
 _NEUTRAL_GENERATION_SETTINGS: dict[str, tuple] = {
     # Settings that make `generate` differ from a plain argmax when set.
     "repetition_penalty": (None, 1.0),
@@ -106,6 +115,7 @@ def greedy_generate(
     eos_token_id: int | Sequence[int] | None,
     pad_token_id: int,
     static_shapes: bool | None = None,
+    compile_step: bool = False,
 ) -> torch.Tensor:
     """What `model.generate(input_ids=..., attention_mask=..., max_new_tokens=...,
     do_sample=False, eos_token_id=..., pad_token_id=...)` returns: the prompts followed by the
@@ -113,7 +123,8 @@ def greedy_generate(
 
     `static_shapes` (default: on CUDA) rounds the batch and the cache length up to buckets and
     reuses the preallocated state across calls; on CUDA the decode step is then a CUDA graph.
-    Check `supports_fast_decode(model)` first.
+    `compile_step` runs the model's forward in that step through `torch.compile` (see the
+    module's docstring). Check `supports_fast_decode(model)` first.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -121,7 +132,7 @@ def greedy_generate(
     rows, width = input_ids.shape
     if static_shapes is None:
         static_shapes = input_ids.is_cuda
-    decoder = _Decoder.of(model)
+    decoder = _Decoder.of(model, compile_step)
     needed = width + max(max_new_tokens, _WARMUP_STEPS + 1)
     arguments = (decoder, input_ids, attention_mask, max_new_tokens, stop_ids, pad_token_id)
     if not static_shapes:
@@ -151,14 +162,17 @@ class _Decoder:
     """"cache" (transformers >= 5.2x) or "past_key_values" (earlier 5.x)."""
     additive_mask: bool
     """Eager attention adds its mask; SDPA takes a boolean one."""
+    compiled: bool = False
+    """The decode step's forward goes through `torch.compile`."""
 
     @staticmethod
-    def of(model: nn.Module) -> _Decoder:
+    def of(model: nn.Module, compiled: bool = False) -> _Decoder:
         hf_model = _hf_model(model)
         parameters = inspect.signature(hf_model.forward).parameters
         argument = "cache" if "cache" in parameters else "past_key_values"
         attention = hf_model.config._attn_implementation
-        return _Decoder(hf_model, argument, _MASKS_BY_ATTENTION[attention] == "additive")
+        additive = _MASKS_BY_ATTENTION[attention] == "additive"
+        return _Decoder(hf_model, argument, additive, compiled)
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """Last-position logits and the filled `DynamicCache`, exactly as `generate`'s first
@@ -175,15 +189,33 @@ class _Decoder:
         return output.logits[:, -1], output.past_key_values if cache is None else cache
 
     def step(self, tokens, positions, attention_mask, cache: _StaticKVCache) -> torch.Tensor:
-        output = self.model(
-            input_ids=tokens,
-            attention_mask=attention_mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=1,
-            **{self.cache_argument: cache},
-        )
-        return output.logits[:, -1]
+        if not self.compiled:
+            return _one_token_logits(
+                self.model, self.cache_argument, tokens, positions, attention_mask, cache
+            )
+        with torch._dynamo.config.patch(recompile_limit=_COMPILED_SHAPES_LIMIT):
+            return _compiled_one_token_logits()(
+                self.model, self.cache_argument, tokens, positions, attention_mask, cache
+            )
+
+
+def _one_token_logits(model, cache_argument: str, tokens, positions, attention_mask, cache):
+    output = model(
+        input_ids=tokens,
+        attention_mask=attention_mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_argument: cache},
+    )
+    return output.logits[:, -1]
+
+
+@functools.cache
+def _compiled_one_token_logits():
+    # One compiled function for the process: its compilations are cached with it (a new
+    # `torch.compile` wrapper would compile again), and it holds no model, so models are freed.
+    return torch.compile(_one_token_logits, dynamic=False)
 
 
 class _StaticKVCache:
@@ -314,7 +346,11 @@ class _DecodeRunner:
         try:
             self._capture(decoder)
         except RuntimeError as error:
-            # Correct either way: the same step then runs eagerly, only slower.
+            # Correct either way: the same step then runs uncompiled or eagerly, only slower.
+            if decoder.compiled:
+                logger.warning("compiling the decode step failed, capturing it as is: %s", error)
+                self._capture_or_go_eager(dataclasses.replace(decoder, compiled=False))
+                return
             logger.warning("CUDA graph capture failed, decoding without it: %s", error)
             self.use_graph, self.graph = False, None
             return
@@ -401,7 +437,9 @@ def _graph_signature(model: nn.Module, decoder: _Decoder) -> int:
         if hasattr(module, "active_adapters") and hasattr(module, "merged")
     )
     storage = tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
-    return hash((adapters, storage, decoder.cache_argument, decoder.additive_mask))
+    return hash(
+        (adapters, storage, decoder.cache_argument, decoder.additive_mask, decoder.compiled)
+    )
 
 
 def _batch_bucket(rows: int) -> int:

@@ -80,23 +80,31 @@ def adapter_disabled(model):
 
 
 def generate(
-    lm: LoadedModel, users: Sequence[str], max_new_tokens: int, batch_size: int
+    lm: LoadedModel,
+    users: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int,
+    compile_decode: bool = False,
 ) -> list[str]:
-    """Greedy answers to `users` (user-turn texts), in order, batched by similar length."""
+    """Greedy answers to `users` (user-turn texts), in order, batched by similar length.
+    `compile_decode`: the fast decoder's step through `torch.compile` (CUDA)."""
     tokenizer = lm.tokenizer
     encoded = encode_prompts(tokenizer, users)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     answers = [""] * len(encoded)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        texts = _generate_batch(lm, [encoded[i] for i in batch], max_new_tokens)
+        prompts = [encoded[i] for i in batch]
+        texts = _generate_batch(lm, prompts, max_new_tokens, compile_decode)
         for index, text in zip(batch, texts, strict=True):
             answers[index] = text
     return answers
 
 
 @torch.inference_mode()
-def _generate_batch(lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+def _generate_batch(
+    lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int, compile_decode: bool
+) -> list[str]:
     pad = lm.tokenizer.pad_token_id
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=lm.device)
@@ -106,7 +114,13 @@ def _generate_batch(lm: LoadedModel, prompts: list[list[int]], max_new_tokens: i
     eos = lm.tokenizer.eos_token_id
     if _use_fast_decode(lm):
         output = greedy_generate(
-            lm.model, input_ids, attention, max_new_tokens, eos_token_id=eos, pad_token_id=pad
+            lm.model,
+            input_ids,
+            attention,
+            max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            compile_step=compile_decode,
         )
     else:
         output = lm.model.generate(
