@@ -156,6 +156,7 @@ def main() -> None:
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
     env = {**environment(device), "compiled_decode": args.compiled}
+    env["elicit_models"] = args.elicit_models
     report = {"environment": env, "sizes": asdict(sizes), "rows": {}}
     print(json.dumps(report["environment"]), flush=True)
     for shape in shapes:
@@ -189,6 +190,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (CPU smoke test)")
     parser.add_argument(
         "--compiled", action="store_true", help="elicitation: also the compiled decode step"
+    )
+    parser.add_argument(
+        "--elicit-models",
+        type=lambda s: s.split(","),
+        default=["plain", "lora"],
+        help="elicitation: plain (adapter off) and/or lora (an active adapter)",
     )
     return parser.parse_args()
 
@@ -254,7 +261,7 @@ def elicitation_rows(model, shape: str, sizes: Sizes, batches: list[int], env: d
         + (["compiled tok/s", "speed-up", "1st call s", "same"] if env["compiled_decode"] else []),
     )
     rows = []
-    for variant in ("plain", "lora"):
+    for variant in env["elicit_models"]:
         target = model if variant == "plain" else with_lora(model, sizes.lora_rank)
         hf_generate(target, *left_padded_prompts(1, 8, target, seed=0), 2)  # one-time init
         for batch in batches:

@@ -9,10 +9,11 @@ from peft import LoraConfig, get_peft_model
 from test_consolidate import CUDA
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from parametric_memory import MemoryConfig
+from parametric_memory import MemoryConfig, fused_kernels
 from parametric_memory.fused_kernels import (
     FUSED_KERNELS_ENV,
     fused_kernels_available,
+    transformers_own_modules,
     use_fused_kernels,
 )
 from parametric_memory.models import load_model
@@ -89,3 +90,20 @@ def test_the_switch_keeps_transformers_modules(monkeypatch):
 def test_a_cuda_model_loads_with_fused_modules(tiny_config):
     lm = load_model(MemoryConfig(**{**tiny_config.model_dump(), "device": "cuda"}))
     assert sum("forward" in vars(module) for module in lm.model.modules()) == 7
+
+
+def test_transformers_own_modules_inside_and_the_swapped_ones_after():
+    """With stand-ins for Liger's functions (any device): the swapped forwards are taken
+    out inside the block, put back after, and other instance forwards are left alone."""
+    from types import MethodType
+
+    model = small_llama("cpu")
+    layer = model.model.layers[0]
+    norm = MethodType(fused_kernels._rms_norm_forward(lambda x, w, eps: x), layer.input_layernorm)
+    mlp = MethodType(fused_kernels._mlp_forward(lambda gate, up: gate), layer.mlp)
+    layer.input_layernorm.forward, layer.mlp.forward = norm, mlp
+    other = layer.self_attn.forward = MethodType(type(layer.self_attn).forward, layer.self_attn)
+    with transformers_own_modules(model):
+        assert "forward" not in vars(layer.input_layernorm) and "forward" not in vars(layer.mlp)
+        assert vars(layer.self_attn)["forward"] is other
+    assert layer.input_layernorm.forward is norm and layer.mlp.forward is mlp

@@ -1,4 +1,5 @@
-"""SlotLinear: a linear layer plus each row's own LoRA update, with a hand-written backward."""
+"""SlotLinear and LoraLinear: a linear layer plus each row's own LoRA update, or one update
+shared by every row, with a hand-written backward."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from parametric_memory.slot_linear import SlotLinear, base_weight
+from parametric_memory.slot_linear import LoraLinear, SlotLinear, base_weight
 
 ROWS, TOKENS, IN, RANK, OUT = 3, 5, 7, 2, 4
 
@@ -69,3 +70,29 @@ def test_base_weight_reads_linear_and_conv1d_and_refuses_other_layers():
     assert base_weight(conv)[0].shape == (OUT, IN)
     with pytest.raises(ValueError, match="Embedding"):
         base_weight(nn.Embedding(IN, OUT))
+
+
+def shared_adapter_inputs(*, shared: bool, bias: bool, weight_grad: bool):
+    x, x_lora, weight, bias_, a, b = inputs(shared=shared, bias=bias, weight_grad=weight_grad)
+    a, b = a[0].detach().requires_grad_(), b[0].detach().requires_grad_()
+    return x, None if shared else x_lora, weight, bias_, a, b
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["x", "dropout"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("weight_grad", [False, True], ids=["frozen", "trained"])
+def test_shared_adapter_gradients_match_finite_differences(shared, bias, weight_grad):
+    arguments = shared_adapter_inputs(shared=shared, bias=bias, weight_grad=weight_grad)
+    assert torch.autograd.gradcheck(LoraLinear.apply, arguments)
+
+
+def test_shared_adapter_equals_the_layer_plus_the_update():
+    x, x_lora, weight, bias, a, b = shared_adapter_inputs(shared=True, bias=True, weight_grad=False)
+    y = LoraLinear.apply(x, x_lora, weight, bias, a, b)
+    wanted = nn.functional.linear(x, weight, bias) + x @ a @ b
+    torch.testing.assert_close(y, wanted)
+    upstream = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, a, b), upstream)
+    wanted_grads = torch.autograd.grad(wanted, (x, a, b), upstream)
+    for grad, wanted_grad in zip(grads, wanted_grads, strict=True):
+        torch.testing.assert_close(grad, wanted_grad)

@@ -37,10 +37,13 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .fused_kernels import transformers_own_modules
 
 logger = logging.getLogger(__name__)
 
@@ -362,6 +365,10 @@ class _DecodeRunner:
         )
 
     def _capture(self, decoder: _Decoder) -> None:
+        with transformers_own_modules(decoder.model) if decoder.compiled else nullcontext():
+            self._capture_step(decoder)
+
+    def _capture_step(self, decoder: _Decoder) -> None:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):

@@ -13,9 +13,11 @@ any device, keep transformers' code.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
+from collections.abc import Iterator
 from types import MethodType
 
 from torch import nn
@@ -27,6 +29,7 @@ FUSED_KERNELS_ENV = "PARAMETRIC_MEMORY_FUSED_KERNELS"
 _SUPPORTED_MODEL_TYPES = frozenset({"llama"})
 """Measured on; other RMSNorm + SwiGLU architectures would likely work but are untested."""
 _SWIGLU_ACTIVATIONS = frozenset({"silu", "swish"})
+_SWAPPED_MARK = "_parametric_memory_fused"
 
 
 def fused_kernels_available() -> bool:
@@ -61,6 +64,27 @@ def use_fused_kernels(model: nn.Module) -> int:
     return swapped
 
 
+@contextlib.contextmanager
+def transformers_own_modules(model: nn.Module) -> Iterator[None]:
+    """Inside, the modules `use_fused_kernels` swapped run transformers' code again; for code
+    going through `torch.compile`, which fuses these operations itself and cannot trace
+    Liger's kernels (torch 2.11, liger-kernel 0.8.5: a float64 scalar breaks their Triton
+    code, and each break splits the compiled graph)."""
+    swapped = {m: vars(m)["forward"] for m in model.modules() if _is_swapped(m)}
+    for module in swapped:
+        del module.forward
+    try:
+        yield
+    finally:
+        for module, forward in swapped.items():
+            module.forward = forward
+
+
+def _is_swapped(module: nn.Module) -> bool:
+    forward = vars(module).get("forward")
+    return getattr(getattr(forward, "__func__", None), _SWAPPED_MARK, False)
+
+
 def _is_rms_norm(module: nn.Module) -> bool:
     return (
         type(module).__name__.endswith("RMSNorm")
@@ -80,6 +104,7 @@ def _rms_norm_forward(liger_rms_norm):
         # casting_mode "llama": statistics in float32, scaled input cast back, then weight.
         return liger_rms_norm(hidden_states, self.weight, self.variance_epsilon)
 
+    setattr(forward, _SWAPPED_MARK, True)
     return forward
 
 
@@ -89,4 +114,5 @@ def _mlp_forward(liger_swiglu):
         # later are used.
         return self.down_proj(liger_swiglu(self.gate_proj(x), self.up_proj(x)))
 
+    setattr(forward, _SWAPPED_MARK, True)
     return forward

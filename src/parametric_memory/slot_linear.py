@@ -64,3 +64,48 @@ class SlotLinear(torch.autograd.Function):
         if need_b:
             grad_b = torch.bmm(xa.transpose(1, 2), grad_y)
         return grad_x, grad_x_lora, grad_weight, grad_bias, grad_a, grad_b
+
+
+class LoraLinear(torch.autograd.Function):
+    """One adapter shared by every row: y = x W^T + bias + (x' A) B, with x [..., in],
+    x_lora (x after dropout, or None for x itself: torch.compile cannot trace a Function
+    given the same tensor twice), A [in, rank] and B [rank, out] (scaling included) in x's
+    dtype. As in `SlotLinear`, the update's share of x's gradient is added by the kernel
+    that computes it."""
+
+    @staticmethod
+    def forward(ctx, x, x_lora, weight, bias, a, b):
+        ctx.shared = x_lora is None
+        ctx.input_shape = x.shape
+        flat = x.reshape(-1, x.shape[-1])
+        flat_lora = flat if ctx.shared else x_lora.reshape(flat.shape)
+        xa = flat_lora @ a
+        ctx.save_for_backward(flat, None if ctx.shared else flat_lora, weight, a, b, xa)
+        y = F.linear(flat, weight, bias).addmm_(xa, b)
+        return y.view(*x.shape[:-1], b.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        x, x_lora, weight, a, b, xa = ctx.saved_tensors
+        x_lora = x if ctx.shared else x_lora
+        need_x, need_x_lora, need_weight, need_bias, need_a, need_b = ctx.needs_input_grad
+        grad_x = grad_x_lora = grad_weight = grad_bias = grad_a = grad_b = None
+        grad_y = grad_y.reshape(-1, grad_y.shape[-1])
+        grad_xa = grad_y @ b.t()  # [tokens, rank]
+        if need_x:
+            grad_x = grad_y @ weight
+            if ctx.shared:
+                grad_x.addmm_(grad_xa, a.t())
+            grad_x = grad_x.view(ctx.input_shape)
+        if need_x_lora and not ctx.shared:
+            grad_x_lora = (grad_xa @ a.t()).view(ctx.input_shape)
+        if need_weight:
+            grad_weight = grad_y.t() @ x
+        if need_bias:
+            grad_bias = grad_y.sum(dim=0)
+        if need_a:
+            grad_a = x_lora.t() @ grad_xa
+        if need_b:
+            grad_b = xa.t() @ grad_y
+        return grad_x, grad_x_lora, grad_weight, grad_bias, grad_a, grad_b
