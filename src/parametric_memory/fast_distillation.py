@@ -191,7 +191,8 @@ class GraphedStudentTrainer:
         return static.loss.clone(), static.skipped.clone()
 
     def _body(self, static: _StaticStep) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = logits_at(self.model, static.input_ids, static.answer_positions)
+        with lora_in_activation_dtype(self.model):
+            logits = logits_at(self.model, static.input_ids, static.answer_positions)
         loss = topk_kl_loss(logits, static.topk_ids, static.topk_logprobs, static.answer_mask)
         loss.backward()
         skipped = clip_and_step(self.optimizer, self.params, self.max_grad_norm)
