@@ -47,9 +47,9 @@ class ElicitationConfig(_Config):
     generation_batch_size: int = Field(16, ge=1, le=1024)
     """Prompts generated together (left-padded, KV-cached)."""
     compile_decode: bool = False
-    """On CUDA, compile the graphed decode step with `torch.compile` (fused elementwise
-    kernels). Faster decoding at large batches, but every batch and cache-length bucket
-    compiles once per process first: worth it for long ingests, not for a few documents."""
+    """On CUDA, compile the graphed decode step with `torch.compile`. Measured on one H100
+    (SmolLM2-135M shape): 1.35x faster at batch 1, the same at 32, slower at 128, after
+    ~30 s of compiling per batch and cache-length bucket and process. Off by default."""
 
     @field_validator("prompt_kinds")
     @classmethod

@@ -18,7 +18,7 @@ from parametric_memory.fast_distillation import collate, train_step
 from parametric_memory.fused_kernels import use_fused_kernels
 
 KINDS = {
-    "gemm": ("gemm", "sm90_xmma", "cutlass", "gemv", "ampere_", "sm80_"),
+    "gemm": ("gemm", "nvjet", "sm90_xmma", "cutlass", "gemv", "ampere_", "sm80_"),
     "attention": ("flash", "fmha", "attention", "cudnn"),
     "copy/cast": ("copy", "cast", "convert", "cat"),
     "optimizer": ("adam", "multi_tensor", "foreach"),
