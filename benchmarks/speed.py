@@ -7,8 +7,8 @@ on random-weight models of real shapes (throughput does not depend on weight val
     wrapped by peft with an active LoRA adapter (answering); no early EOS. `--compiled` adds
     the same decoder with its step compiled (`compile_step=True`; the first call compiles).
 (b) distillation: one LoRA student step (forward + backward + clip + fused AdamW), the
-    reference step of `consolidate.train_student` vs `fast_distillation.train_step`, with
-    achieved TFLOP/s and % of the card's bf16 dense peak.
+    reference step (peft's LoRA, transformers' kernels) vs `fast_distillation`'s steps on
+    the engine's kernels, with achieved TFLOP/s and % of the card's bf16 dense peak.
 (c) query: latency and peak GPU memory of answering one question the engine's way (on CUDA
     the adapter merged for the call, merge included; no context) vs the same model with
     passages in the prompt.
@@ -498,13 +498,16 @@ def fixed_length_row(student, shape, name, trainer_class, batch, sizes: Sizes, e
 def train_for(
     student, trainer_class, batches: list[list[Example]], warmup: list[list[Example]]
 ) -> float:
-    """Seconds for steps over `batches` after steps over `warmup` (NaN on OOM)."""
+    """Seconds for steps over `batches` after steps over `warmup` (NaN on OOM). The engine's
+    steps run on the engine's kernels (`engine_kernels`), the reference on transformers'."""
     student.train()
     trainer = trainer_class(student, len(batches[0]))
+    engine = trainer_class is not ReferenceTrainer
     try:
-        for batch in warmup:
-            trainer.step(batch)
-        seconds, _ = timed(lambda: [trainer.step(batch) for batch in batches])
+        with engine_kernels(student) if engine else contextlib.nullcontext():
+            for batch in warmup:
+                trainer.step(batch)
+            seconds, _ = timed(lambda: [trainer.step(batch) for batch in batches])
     except torch.OutOfMemoryError:
         seconds = math.nan
     finally:
