@@ -74,6 +74,27 @@ def test_each_slot_trains_as_its_document_would_alone(
         assert together[slot].last_loss == pytest.approx(alone.last_loss, rel=1e-3)
 
 
+def test_rows_of_one_slot_share_its_copy_and_get_the_gathered_result(model_dir):  # noqa: F811
+    """`use_rows(..., only_slot=k)`: one copy of slot k for every row instead of one per
+    row, the same KL sums and the same gradient, into slot k only."""
+    lm = student(model_dir)
+    slots = AdapterSlots(lm, 3)
+    with torch.no_grad():
+        slots.weights.add_(torch.randn_like(slots.weights) * 0.05)  # slots differ
+    examples = random_examples(lm.model, 4, seed=5)
+    results = []
+    for only_slot in (None, 1):
+        slots.weights.grad = None
+        with slots.attached():
+            kl = slot_training._row_kl_sums(lm, slots, examples, torch.ones(4).long(), only_slot)
+            kl.sum().backward()
+        results.append((kl.detach(), slots.weights.grad.clone()))
+    (gathered, gathered_grad), (shared, shared_grad) = results
+    torch.testing.assert_close(shared, gathered)
+    torch.testing.assert_close(shared_grad, gathered_grad)
+    assert shared_grad[1].abs().sum() > 0 and not shared_grad[[0, 2]].any()
+
+
 @CUDA
 def test_training_steps_never_wait_for_the_gpu(model_dir):  # noqa: F811
     """A host-device sync in the loop would stop the host from queueing the next pass while

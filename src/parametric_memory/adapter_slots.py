@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 
 from .models import LoadedModel
-from .slot_linear import SlotLinear, base_weight
+from .slot_linear import LoraLinear, SlotLinear, base_weight
 
 _ADAPTER = "default"
 
@@ -78,13 +78,19 @@ class AdapterSlots:
                 del layer.forward  # the class's forward again
             self._views = []
 
-    def use_rows(self, slot_of_row: torch.Tensor) -> None:
+    def use_rows(self, slot_of_row: torch.Tensor, only_slot: int | None = None) -> None:
         """Compute row i of the next forward pass with slot `slot_of_row[i]`; call once per
         pass. Every layer's per-row weights come from one gather of `weights` (cast to the
         activations' dtype before the gather, which is the smaller copy), so a pass costs a
         few kernels more than the plain model, and backward scatters every layer's gradient
-        back into `weights.grad` in one piece."""
-        rows = (self.weights * self._scale).to(self._dtype).index_select(0, slot_of_row)
+        back into `weights.grad` in one piece. `only_slot`: every row is in that slot (the
+        caller knows it on the host), so the rows share one copy of it instead."""
+        scaled = self.weights * self._scale
+        if only_slot is not None:
+            shared = scaled[only_slot].to(self._dtype)
+            self._views = [view for pair in self._layer_views(shared) for view in pair]
+            return
+        rows = scaled.to(self._dtype).index_select(0, slot_of_row)
         self._views = [view for pair in self._layer_views(rows) for view in pair]
 
     def _slot_forward(self, index: int, layer: LoraLayer):
@@ -93,7 +99,11 @@ class AdapterSlots:
         weight, bias = self._bases[index]
 
         def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            a, b = self._views[2 * index], self._views[2 * index + 1]  # [rows, in/rank, ...]
+            a, b = self._views[2 * index], self._views[2 * index + 1]  # [(rows,) in/rank, ...]
+            if a.dim() == 2:  # one slot for every row
+                x = x.to(a.dtype)
+                x_lora = F.dropout(x, dropout_p) if dropout_p and layer.training else None
+                return LoraLinear.apply(x, x_lora, weight, bias, a, b)
             rows = x.reshape(a.shape[0], -1, a.shape[1]).to(a.dtype)
             rows_lora = F.dropout(rows, dropout_p) if dropout_p and layer.training else rows
             y = SlotLinear.apply(rows, rows_lora, weight, bias, a, b)

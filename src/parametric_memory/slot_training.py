@@ -104,8 +104,11 @@ def _step_losses(
     vocabulary = lm.model.get_output_embeddings().weight.shape[0]
     losses = torch.zeros(len(batches), device=device)
     for rows_of_pass in _passes(rows, vocabulary):
-        slot_of_row = to_device(torch.tensor([slot for slot, _ in rows_of_pass]), device)
-        kl = _row_kl_sums(lm, slots, [example for _, example in rows_of_pass], slot_of_row)
+        slot_list = [slot for slot, _ in rows_of_pass]
+        slot_of_row = to_device(torch.tensor(slot_list), device)
+        only_slot = slot_list[0] if len(set(slot_list)) == 1 else None
+        examples = [example for _, example in rows_of_pass]
+        kl = _row_kl_sums(lm, slots, examples, slot_of_row, only_slot)
         loss = kl / denominators[slot_of_row]
         loss.sum().backward()
         losses.index_add_(0, slot_of_row, loss.detach())
@@ -134,11 +137,16 @@ def _passes(rows: list[tuple[int, Example]], vocabulary: int) -> list[list[tuple
 
 
 def _row_kl_sums(
-    lm: LoadedModel, slots: AdapterSlots, examples: list[Example], slot_of_row: torch.Tensor
+    lm: LoadedModel,
+    slots: AdapterSlots,
+    examples: list[Example],
+    slot_of_row: torch.Tensor,
+    only_slot: int | None,
 ) -> torch.Tensor:
-    """[rows] KL summed over each row's answer tokens, row i computed with its slot."""
+    """[rows] KL summed over each row's answer tokens, row i computed with its slot
+    (`only_slot`: all of them with that one)."""
     batch = collate(examples, lm.tokenizer.pad_token_id, slots.weights.device)
-    slots.use_rows(slot_of_row)
+    slots.use_rows(slot_of_row, only_slot)
     logits = answer_position_logits(lm.model, batch)
     per_token = _kl_in_pieces(logits, batch.topk_ids, batch.topk_logprobs)
     return (per_token * batch.answer_mask).sum(dim=1)
