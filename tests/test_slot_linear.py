@@ -41,18 +41,22 @@ def test_gradients_match_finite_differences(shared, bias, weight_grad):
     )
 
 
+def assert_same_values_and_gradients(y, wanted, inputs) -> None:
+    torch.testing.assert_close(y, wanted)
+    upstream = torch.randn_like(y)
+    grads = torch.autograd.grad(y, inputs, upstream)
+    wanted_grads = torch.autograd.grad(wanted, inputs, upstream)
+    for grad, wanted_grad in zip(grads, wanted_grads, strict=True):
+        torch.testing.assert_close(grad, wanted_grad)
+
+
 def test_forward_and_gradients_equal_the_layer_plus_each_rows_update():
     x, x_lora, weight, bias, a, b = inputs(shared=True, bias=True, weight_grad=False)
     y = SlotLinear.apply(x, x_lora, weight, bias, a, b)
     wanted = nn.functional.linear(x, weight, bias) + torch.stack(
         [x[row] @ a[row] @ b[row] for row in range(ROWS)]
     )
-    torch.testing.assert_close(y, wanted)
-    upstream = torch.randn_like(y)
-    grads = torch.autograd.grad(y, (x, a, b), upstream)
-    wanted_grads = torch.autograd.grad(wanted, (x, a, b), upstream)
-    for grad, wanted_grad in zip(grads, wanted_grads, strict=True):
-        torch.testing.assert_close(grad, wanted_grad)
+    assert_same_values_and_gradients(y, wanted, (x, a, b))
 
 
 def test_an_input_that_needs_no_gradient_gets_none():
@@ -90,9 +94,4 @@ def test_shared_adapter_equals_the_layer_plus_the_update():
     x, x_lora, weight, bias, a, b = shared_adapter_inputs(shared=True, bias=True, weight_grad=False)
     y = LoraLinear.apply(x, x_lora, weight, bias, a, b)
     wanted = nn.functional.linear(x, weight, bias) + x @ a @ b
-    torch.testing.assert_close(y, wanted)
-    upstream = torch.randn_like(y)
-    grads = torch.autograd.grad(y, (x, a, b), upstream)
-    wanted_grads = torch.autograd.grad(wanted, (x, a, b), upstream)
-    for grad, wanted_grad in zip(grads, wanted_grads, strict=True):
-        torch.testing.assert_close(grad, wanted_grad)
+    assert_same_values_and_gradients(y, wanted, (x, a, b))
