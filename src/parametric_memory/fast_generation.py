@@ -12,9 +12,9 @@ on a GPU a small model then runs at the speed of the interpreter, not of the car
 * the host reads the "all rows finished" flag only every `_CHECK_EVERY` steps;
 * with `compile_step=True` the model's forward inside the step goes through `torch.compile`
   first (transformers' own RMSNorm/MLP code, which it fuses with the adds and casts around
-  them). Measured on one H100, SmolLM2-135M shape, 300-token prompts: 1.35x faster at batch
-  1, the same at 32, 0.68x at 128, after ~30 s of compiling per batch and cache-length
-  bucket (benchmarks/results/speed/2026-12-06-compiled-decode). Hence opt-in.
+  them). Measured on H100s, SmolLM2-135M shape, 300-token prompts: 1.35x faster at batch
+  1, the same at 32, 0.67-0.69x at 128 (two runs), after ~30 s of compiling per batch and
+  cache-length bucket (benchmarks/results/speed/2026-12-06-compiled-decode). Hence opt-in.
 
 Outputs are token-identical to `model.generate(..., do_sample=False)`: finished rows get the
 pad token, and the result is trimmed to the step where the last row finished.
