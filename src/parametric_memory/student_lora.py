@@ -8,8 +8,8 @@ distillation step's GPU time. Inside `lora_in_activation_dtype`, each such layer
 `slot_linear.LoraLinear` instead: the (small) adapter weights are cast to the activations'
 dtype, the float32 weights stay the optimiser's master copy and get float32 gradients.
 Layers whose adapter already has the activations' dtype (float32 on a CPU), or that peft
-computes some other way (DoRA, several active adapters, a merged or disabled adapter, a
-base layer that is not linear), keep peft's forward.
+computes some other way (DoRA, a LoRA bias, several active adapters, a merged or disabled
+adapter, a base layer that is not linear), keep peft's forward.
 """
 
 from __future__ import annotations
