@@ -20,7 +20,7 @@ def inputs(*, shared: bool, bias: bool, weight_grad: bool, dtype=torch.float64):
         return torch.randn(*shape, generator=generator, dtype=dtype).requires_grad_(grad)
 
     x = random(ROWS, TOKENS, IN)
-    x_lora = x if shared else random(ROWS, TOKENS, IN)
+    x_lora = None if shared else random(ROWS, TOKENS, IN)
     weight = random(OUT, IN, grad=weight_grad)
     return (
         x,
@@ -62,7 +62,7 @@ def test_forward_and_gradients_equal_the_layer_plus_each_rows_update():
 def test_an_input_that_needs_no_gradient_gets_none():
     x, _, weight, bias, a, b = inputs(shared=True, bias=True, weight_grad=False)
     x = x.detach()
-    y = SlotLinear.apply(x, x, weight, bias, a, b)
+    y = SlotLinear.apply(x, None, weight, bias, a, b)
     y.sum().backward()
     assert x.grad is None and a.grad is not None and b.grad is not None
 
@@ -79,7 +79,7 @@ def test_base_weight_reads_linear_and_conv1d_and_refuses_other_layers():
 def shared_adapter_inputs(*, shared: bool, bias: bool, weight_grad: bool):
     x, x_lora, weight, bias_, a, b = inputs(shared=shared, bias=bias, weight_grad=weight_grad)
     a, b = a[0].detach().requires_grad_(), b[0].detach().requires_grad_()
-    return x, None if shared else x_lora, weight, bias_, a, b
+    return x, x_lora, weight, bias_, a, b
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["x", "dropout"])

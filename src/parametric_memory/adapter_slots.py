@@ -85,12 +85,10 @@ class AdapterSlots:
         few kernels more than the plain model, and backward scatters every layer's gradient
         back into `weights.grad` in one piece. `only_slot`: every row is in that slot (the
         caller knows it on the host), so the rows share one copy of it instead."""
-        scaled = self.weights * self._scale
-        if only_slot is not None:
-            shared = scaled[only_slot].to(self._dtype)
-            self._views = [view for pair in self._layer_views(shared) for view in pair]
-            return
-        rows = scaled.to(self._dtype).index_select(0, slot_of_row)
+        if only_slot is None:
+            rows = (self.weights * self._scale).to(self._dtype).index_select(0, slot_of_row)
+        else:
+            rows = (self.weights[only_slot] * self._scale).to(self._dtype)
         self._views = [view for pair in self._layer_views(rows) for view in pair]
 
     def _slot_forward(self, index: int, layer: LoraLayer):
@@ -105,7 +103,7 @@ class AdapterSlots:
                 x_lora = F.dropout(x, dropout_p) if dropout_p and layer.training else None
                 return LoraLinear.apply(x, x_lora, weight, bias, a, b)
             rows = x.reshape(a.shape[0], -1, a.shape[1]).to(a.dtype)
-            rows_lora = F.dropout(rows, dropout_p) if dropout_p and layer.training else rows
+            rows_lora = F.dropout(rows, dropout_p) if dropout_p and layer.training else None
             y = SlotLinear.apply(rows, rows_lora, weight, bias, a, b)
             return y.view(*x.shape[:-1], b.shape[2])
 

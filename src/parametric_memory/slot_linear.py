@@ -30,14 +30,14 @@ def base_weight(base: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 class SlotLinear(torch.autograd.Function):
-    """Inputs: x [rows, tokens, in], x_lora (x itself, or x after dropout), the base weight
-    [out, in] and bias, each row's A [rows, in, rank] and B [rows, rank, out] (scaling
-    included). Output [rows, tokens, out]."""
+    """Inputs: x [rows, tokens, in], x_lora (x after dropout, or None for x itself), the
+    base weight [out, in] and bias, each row's A [rows, in, rank] and B [rows, rank, out]
+    (scaling included). Output [rows, tokens, out]."""
 
     @staticmethod
     def forward(ctx, x, x_lora, weight, bias, a, b):
-        ctx.shared = x_lora is x
-        xa = torch.bmm(x_lora, a)
+        ctx.shared = x_lora is None
+        xa = torch.bmm(x if ctx.shared else x_lora, a)
         ctx.save_for_backward(x, None if ctx.shared else x_lora, weight, a, b, xa)
         return F.linear(x, weight, bias).baddbmm_(xa, b)
 
