@@ -266,8 +266,8 @@ def elicitation_rows(model, shape: str, sizes: Sizes, batches: list[int], env: d
         target = model if variant == "plain" else with_lora(model, sizes.lora_rank)
         hf_generate(target, *left_padded_prompts(1, 8, target, seed=0), 2)  # one-time init
         for batch in batches:
-            compiled = env["compiled_decode"]
-            rows.append(elicitation_row(target, shape, variant, batch, sizes, compiled))
+            row = elicitation_row(target, shape, variant, batch, sizes, env["compiled_decode"])
+            rows.append(row)
             release_graphs(target)
     return rows
 
@@ -276,9 +276,8 @@ def elicitation_row(model, shape, variant: str, batch: int, sizes: Sizes, compil
     new = sizes.new_tokens
     warm_ids, warm_mask = left_padded_prompts(batch, sizes.prompt_tokens, model, seed=1)
     ids, mask = left_padded_prompts(batch, sizes.prompt_tokens, model, seed=2)
+    first_s, fast_s, fast_out = warm_then_timed(model, (warm_ids, warm_mask), (ids, mask), new)
     with engine_kernels(model):
-        first_s, _ = timed(lambda: fast_generate(model, warm_ids, warm_mask, new))
-        fast_s, fast_out = timed(lambda: fast_generate(model, ids, mask, new))
         # One new token: the prefill (and the cache copy), no decode step.
         prefill_s, _ = timed(lambda: fast_generate(model, ids, mask, 1))
     hf_generate(model, warm_ids, warm_mask, new)  # first-call costs at this batch, as above
@@ -299,12 +298,12 @@ def elicitation_row(model, shape, variant: str, batch: int, sizes: Sizes, compil
     cells += [first_s, prefill_s, row["rows_identical"]]
     if compiled:
         release_graphs(model)
-        with engine_kernels(model):
-            first_s, _ = timed(lambda: fast_generate(model, warm_ids, warm_mask, new, True))
-            compiled_s, out = timed(lambda: fast_generate(model, ids, mask, new, True))
+        compiled_first_s, compiled_s, out = warm_then_timed(
+            model, (warm_ids, warm_mask), (ids, mask), new, compiled=True
+        )
         row["compiled_tokens_per_s"] = batch * new / compiled_s
         row["compiled_speedup"] = hf_s / compiled_s
-        row["compiled_first_call_s"] = first_s
+        row["compiled_first_call_s"] = compiled_first_s
         row["compiled_rows_identical"] = rows_identical(hf_out, out)
         cells += [row[f"compiled_{key}"] for key in ELICIT_COMPILED_KEYS]
     print_row(cells)
@@ -312,6 +311,16 @@ def elicitation_row(model, shape, variant: str, batch: int, sizes: Sizes, compil
 
 
 ELICIT_COMPILED_KEYS = ("tokens_per_s", "speedup", "first_call_s", "rows_identical")
+
+
+def warm_then_timed(model, warm_prompts, prompts, new_tokens: int, compiled: bool = False):
+    """The fast path on the engine's kernels: seconds of a first call (graph capture, and
+    compiling if `compiled`) on `warm_prompts`, then seconds and output of a call on
+    `prompts`."""
+    with engine_kernels(model):
+        first_s, _ = timed(lambda: fast_generate(model, *warm_prompts, new_tokens, compiled))
+        seconds, output = timed(lambda: fast_generate(model, *prompts, new_tokens, compiled))
+    return first_s, seconds, output
 
 
 def rows_identical(expected: torch.Tensor, actual: torch.Tensor) -> float:
