@@ -81,7 +81,11 @@ class LoraLinear(torch.autograd.Function):
         flat_lora = flat if ctx.shared else x_lora.reshape(flat.shape)
         xa = flat_lora @ a
         ctx.save_for_backward(flat, None if ctx.shared else flat_lora, weight, a, b, xa)
-        y = F.linear(flat, weight, bias).addmm_(xa, b)
+        # The (memory-bound) low-rank product first, then the base product accumulates into
+        # it: the large GEMM reads the update in its epilogue, where adding it after would
+        # read and write the whole output once more.
+        update = xa @ b if bias is None else torch.addmm(bias, xa, b)
+        y = update.addmm_(flat, weight.t())
         return y.view(*x.shape[:-1], b.shape[1])
 
     @staticmethod
@@ -94,9 +98,10 @@ class LoraLinear(torch.autograd.Function):
         grad_y = grad_y.reshape(-1, grad_y.shape[-1])
         grad_xa = grad_y @ b.t()  # [tokens, rank]
         if need_x:
-            grad_x = grad_y @ weight
             if ctx.shared:
-                grad_x.addmm_(grad_xa, a.t())
+                grad_x = (grad_xa @ a.t()).addmm_(grad_y, weight)
+            else:
+                grad_x = grad_y @ weight
             grad_x = grad_x.view(ctx.input_shape)
         if need_x_lora and not ctx.shared:
             grad_x_lora = (grad_xa @ a.t()).view(ctx.input_shape)
