@@ -345,7 +345,7 @@ def left_padded_prompts(batch: int, tokens: int, model, seed: int):
 
 @contextlib.contextmanager
 def engine_kernels(model):
-    """The model as the engine runs it on CUDA, with Liger's fused RMSNorm and SwiGLU where
+    """The model as the engine runs it on CUDA, with Liger's fused RMSNorm, SwiGLU and RoPE where
     installed (`fused_kernels.use_fused_kernels`); transformers' own modules again after, for
     the HF baseline."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model

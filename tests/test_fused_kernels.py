@@ -1,7 +1,10 @@
-"""Liger's fused RMSNorm and SwiGLU compute what transformers' modules compute, forward and
-backward through LoRA layers; they are used only on CUDA and can be switched off."""
+"""Liger's fused RMSNorm, SwiGLU and RoPE compute what transformers' modules compute, forward
+and backward through LoRA layers; they are used only on CUDA and can be switched off."""
 
 from __future__ import annotations
+
+import sys
+from types import MethodType
 
 import pytest
 import torch
@@ -35,7 +38,7 @@ def small_llama(device: str, dtype=torch.float32) -> LlamaForCausalLM:
 
 
 def with_lora(model: LlamaForCausalLM):
-    lora = LoraConfig(r=4, target_modules=["q_proj", "gate_proj", "up_proj", "down_proj"])
+    lora = LoraConfig(r=4, target_modules=["q_proj", "k_proj", "gate_proj", "up_proj", "down_proj"])
     student = get_peft_model(model, lora)
     for name, parameter in student.named_parameters():
         if "lora_B" in name:  # non-zero, so the LoRA path changes the output
@@ -62,7 +65,7 @@ def test_fused_modules_give_the_same_logits_and_lora_gradients():
     fused = with_lora(small_llama("cuda"))
     fused.load_state_dict(reference.state_dict())
     swapped = use_fused_kernels(fused.get_base_model())
-    assert swapped == 2 * 2 + 1 + 2  # two norms a layer, the final norm, an MLP a layer
+    assert swapped == 2 * 4 + 1  # two norms, an MLP, an attention a layer, the final norm
     ids = torch.randint(0, 256, (3, 17), device="cuda")
     outputs = []
     for model in (reference, fused):
@@ -89,14 +92,12 @@ def test_the_switch_keeps_transformers_modules(monkeypatch):
 @LIGER
 def test_a_cuda_model_loads_with_fused_modules(tiny_config):
     lm = load_model(MemoryConfig(**{**tiny_config.model_dump(), "device": "cuda"}))
-    assert sum("forward" in vars(module) for module in lm.model.modules()) == 7
+    assert sum("forward" in vars(module) for module in lm.model.modules()) == 9
 
 
 def test_transformers_own_modules_inside_and_the_swapped_ones_after():
     """With stand-ins for Liger's functions (any device): the swapped forwards are taken
     out inside the block, put back after, and other instance forwards are left alone."""
-    from types import MethodType
-
     model = small_llama("cpu")
     layer = model.model.layers[0]
     norm = MethodType(fused_kernels._rms_norm_forward(lambda x, w, eps: x), layer.input_layernorm)
@@ -107,3 +108,43 @@ def test_transformers_own_modules_inside_and_the_swapped_ones_after():
         assert "forward" not in vars(layer.input_layernorm) and "forward" not in vars(layer.mlp)
         assert vars(layer.self_attn)["forward"] is other
     assert layer.input_layernorm.forward is norm and layer.mlp.forward is mlp
+
+
+def test_the_rotary_kernel_runs_in_its_attention_modules_only():
+    """With a stand-in kernel on the CPU: each swapped attention module calls it once per
+    forward, the logits are transformers' own, and the modeling file's function is
+    transformers' again after the call and inside `transformers_own_modules`."""
+    model, reference = small_llama("cpu"), small_llama("cpu")
+    modeling = sys.modules[type(model.model.layers[0].self_attn).__module__]
+    original = modeling.apply_rotary_pos_emb
+    calls = []
+
+    def kernel(q, k, cos, sin):
+        calls.append(modeling.apply_rotary_pos_emb is not original)
+        return original(q, k, cos, sin)
+
+    for layer in model.model.layers:
+        forward = fused_kernels._attention_forward(kernel, kernel_device="cpu")
+        layer.self_attn.forward = MethodType(forward, layer.self_attn)
+    ids = torch.randint(0, 256, (2, 9))
+    torch.testing.assert_close(model(input_ids=ids).logits, reference(input_ids=ids).logits)
+    assert calls == [True, True]
+    assert modeling.apply_rotary_pos_emb is original
+    reference(input_ids=ids)  # an unswapped model never meets the kernel
+    assert len(calls) == 2
+    with transformers_own_modules(model):
+        assert all("forward" not in vars(layer.self_attn) for layer in model.model.layers)
+        model(input_ids=ids)
+    assert len(calls) == 2 and "forward" in vars(model.model.layers[0].self_attn)
+
+
+def test_the_rotary_kernel_leaves_other_devices_tensors_to_transformers():
+    model, reference = small_llama("cpu"), small_llama("cpu")
+    attention = model.model.layers[0].self_attn
+
+    def kernel(q, k, cos, sin):
+        raise AssertionError("the kernel met a tensor of another device")
+
+    attention.forward = MethodType(fused_kernels._attention_forward(kernel), attention)
+    ids = torch.randint(0, 256, (2, 9))
+    torch.testing.assert_close(model(input_ids=ids).logits, reference(input_ids=ids).logits)

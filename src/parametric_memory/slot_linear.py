@@ -97,12 +97,10 @@ class LoraLinear(torch.autograd.Function):
         grad_x = grad_x_lora = grad_weight = grad_bias = grad_a = grad_b = None
         grad_y = grad_y.reshape(-1, grad_y.shape[-1])
         grad_xa = grad_y @ b.t()  # [tokens, rank]
-        if need_x:
-            if ctx.shared:
-                grad_x = (grad_xa @ a.t()).addmm_(grad_y, weight)
-            else:
-                grad_x = grad_y @ weight
-            grad_x = grad_x.view(ctx.input_shape)
+        if need_x and ctx.shared:  # x's gradient through both branches, in one buffer
+            grad_x = (grad_xa @ a.t()).addmm_(grad_y, weight).view(ctx.input_shape)
+        elif need_x:
+            grad_x = (grad_y @ weight).view(ctx.input_shape)
         if need_x_lora and not ctx.shared:
             grad_x_lora = (grad_xa @ a.t()).view(ctx.input_shape)
         if need_weight:
