@@ -9,6 +9,8 @@ import random
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from peft import LoraConfig, get_peft_model
 from tiny_model import build_talking_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -331,3 +333,10 @@ def test_graphed_distillation_step_on_cuda(model_dir):
     assert any(step.graph is not None for step in graphed._steps.values())
     for ref_param, fast_param in zip(ref_params, fast_params, strict=True):
         torch.testing.assert_close(fast_param, ref_param, rtol=1e-3, atol=1e-4)
+
+
+@given(st.integers(min_value=1, max_value=1 << 20))
+def test_a_cache_bucket_holds_what_is_needed_and_less_than_half_more(needed):
+    bucket = fast_generation._length_bucket(needed)
+    assert bucket >= max(needed, fast_generation._MIN_CACHE_LENGTH)
+    assert bucket == fast_generation._MIN_CACHE_LENGTH or 2 * bucket < 3 * needed

@@ -51,7 +51,10 @@ logger = logging.getLogger(__name__)
 _SUPPORTED_MODEL_TYPES = frozenset({"llama"})
 """Architectures checked token-for-token against `generate`: plain causal attention over the
 whole context and a per-layer `cache.update(key, value, layer_idx)` call."""
-_MASKS_BY_ATTENTION = {"sdpa": "bool", "eager": "additive"}
+_HIDDEN_SCORE_BY_ATTENTION = {"sdpa": "-inf", "eager": "dtype min"}
+"""What the decode step's additive 4-D mask holds where a row must not look. SDPA would turn a
+boolean mask into -inf in every layer (a kernel per layer); it is done once per step here.
+Eager attention adds the dtype's minimum, as transformers' own masks do."""
 _CHECK_EVERY = 8
 """Decode steps between two reads of the finished flag (each read is a host-device sync)."""
 _WARMUP_STEPS = 2
@@ -102,7 +105,7 @@ def supports_fast_decode(model: nn.Module) -> bool:
     return (
         getattr(config, "model_type", None) in _SUPPORTED_MODEL_TYPES
         and not getattr(config, "is_encoder_decoder", False)
-        and getattr(config, "_attn_implementation", None) in _MASKS_BY_ATTENTION
+        and getattr(config, "_attn_implementation", None) in _HIDDEN_SCORE_BY_ATTENTION
         and getattr(config, "sliding_window", None) is None
         and _rope_type(config) not in ("dynamic", "longrope")
         and _plain_greedy_settings(getattr(hf_model, "generation_config", None))
@@ -164,8 +167,8 @@ class _Decoder:
     model: nn.Module
     cache_argument: str
     """"cache" (transformers >= 5.2x) or "past_key_values" (earlier 5.x)."""
-    additive_mask: bool
-    """Eager attention adds its mask; SDPA takes a boolean one."""
+    hidden_score: str
+    """A value of `_HIDDEN_SCORE_BY_ATTENTION`."""
     compiled: bool = False
     """The decode step's forward goes through `torch.compile`."""
 
@@ -175,8 +178,8 @@ class _Decoder:
         parameters = inspect.signature(hf_model.forward).parameters
         argument = "cache" if "cache" in parameters else "past_key_values"
         attention = hf_model.config._attn_implementation
-        additive = _MASKS_BY_ATTENTION[attention] == "additive"
-        return _Decoder(hf_model, argument, additive, compiled)
+        hidden_score = _HIDDEN_SCORE_BY_ATTENTION[attention]
+        return _Decoder(hf_model, argument, hidden_score, compiled)
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """Last-position logits and the filled `DynamicCache`, exactly as `generate`'s first
@@ -255,11 +258,11 @@ class _DecodeRunner:
         self.unfinished = torch.zeros(batch, dtype=torch.bool, device=device)
         self.cache: _StaticKVCache | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.additive_mask = False
+        self.hidden_score = "-inf"
 
     def run(self, decoder, input_ids, attention_mask, max_new_tokens, stop_ids, pad_id):
         rows = input_ids.shape[0]
-        self.additive_mask = decoder.additive_mask
+        self.hidden_score = decoder.hidden_score
         input_ids, attention_mask = self._fill_rows(input_ids, attention_mask, pad_id)
         logits, prefill_cache = decoder.prefill(input_ids, attention_mask)
         first = logits.argmax(-1)
@@ -339,11 +342,11 @@ class _DecodeRunner:
         self.visible.index_fill_(1, self.slot, True)
 
     def _attention_mask(self) -> torch.Tensor:
-        mask = self.visible[:, None, None, :]
-        if not self.additive_mask:
-            return mask
+        visible = self.visible[:, None, None, :]
         dtype = self.cache.keys[0].dtype
-        return (~mask).to(dtype) * torch.finfo(dtype).min
+        hidden = -torch.inf if self.hidden_score == "-inf" else torch.finfo(dtype).min
+        mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+        return mask.masked_fill_(~visible, hidden)
 
     def _capture_or_go_eager(self, decoder: _Decoder) -> None:
         start = time.perf_counter()
@@ -445,9 +448,7 @@ def _graph_signature(model: nn.Module, decoder: _Decoder) -> int:
         if hasattr(module, "active_adapters") and hasattr(module, "merged")
     )
     storage = tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
-    return hash(
-        (adapters, storage, decoder.cache_argument, decoder.additive_mask, decoder.compiled)
-    )
+    return hash((adapters, storage, decoder.cache_argument, decoder.hidden_score, decoder.compiled))
 
 
 def _batch_bucket(rows: int) -> int:
@@ -455,7 +456,13 @@ def _batch_bucket(rows: int) -> int:
 
 
 def _length_bucket(needed: int) -> int:
-    return max(_MIN_CACHE_LENGTH, 1 << (needed - 1).bit_length())
+    """Cache lengths of 2^k and 1.5 * 2^k, under 1.5x what is needed: the decode step attends
+    over the whole cache, so power-of-two buckets alone cost up to 2x the attention needed (a
+    364-slot call got 512, attention at 40% of the step's GPU time on an H100), while each
+    new bucket is one more capture."""
+    power = 1 << (needed - 1).bit_length()
+    three_quarters = power // 4 * 3
+    return max(_MIN_CACHE_LENGTH, three_quarters if three_quarters >= needed else power)
 
 
 def _stop_ids(eos_token_id: int | Sequence[int] | None) -> list[int]:
