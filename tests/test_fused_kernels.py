@@ -112,23 +112,25 @@ def test_transformers_own_modules_inside_and_the_swapped_ones_after():
 
 def test_the_rotary_kernel_runs_in_its_attention_modules_only():
     """With a stand-in kernel on the CPU: each swapped attention module calls it once per
-    forward, the logits are transformers' own, and the modeling file's function is
-    transformers' again after the call and inside `transformers_own_modules`."""
+    forward, on the rows laid end to end as one sequence, the logits are transformers' own,
+    and the modeling file's function is transformers' again after the call and inside
+    `transformers_own_modules`."""
     model, reference = small_llama("cpu"), small_llama("cpu")
     modeling = sys.modules[type(model.model.layers[0].self_attn).__module__]
     original = modeling.apply_rotary_pos_emb
     calls = []
 
     def kernel(q, k, cos, sin):
-        calls.append(modeling.apply_rotary_pos_emb is not original)
+        calls.append((modeling.apply_rotary_pos_emb is not original, q.shape[0], k.shape[2]))
         return original(q, k, cos, sin)
 
     for layer in model.model.layers:
-        forward = fused_kernels._attention_forward(kernel, kernel_device="cpu")
+        rotary = fused_kernels._rows_as_one_sequence(kernel)
+        forward = fused_kernels._attention_forward(rotary, kernel_device="cpu")
         layer.self_attn.forward = MethodType(forward, layer.self_attn)
     ids = torch.randint(0, 256, (2, 9))
     torch.testing.assert_close(model(input_ids=ids).logits, reference(input_ids=ids).logits)
-    assert calls == [True, True]
+    assert calls == [(True, 1, 2 * 9)] * 2
     assert modeling.apply_rotary_pos_emb is original
     reference(input_ids=ids)  # an unswapped model never meets the kernel
     assert len(calls) == 2

@@ -24,6 +24,7 @@ import sys
 from collections.abc import Callable, Iterator
 from types import MethodType
 
+import torch
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,8 @@ def use_fused_kernels(model: nn.Module) -> int:
             module.forward = MethodType(_mlp_forward(liger_swiglu), module)
             swapped += 1
         elif _rotary_function_of(module) is not None:
-            module.forward = MethodType(_attention_forward(liger_rotary_pos_emb), module)
+            rotary = _rows_as_one_sequence(liger_rotary_pos_emb)
+            module.forward = MethodType(_attention_forward(rotary), module)
             swapped += 1
     logger.debug("Liger kernels in %d modules", swapped)
     return swapped
@@ -134,6 +136,35 @@ def _mlp_forward(liger_swiglu):
 
     setattr(forward, _SWAPPED_MARK, True)
     return forward
+
+
+def _rows_as_one_sequence(rotary_kernel):
+    """`rotary_kernel` on the batch's rows laid end to end as one sequence, each token with
+    its own cos/sin. Liger's kernel takes the number of rows as a compile-time constant, so
+    every new batch size compiled it again: slot training and teacher passes, whose row
+    counts vary, ran 2.2 s slower over 12 steps than with transformers' RoPE on an H100,
+    then 1.17x faster once the same shapes came back. The sequence length is an ordinary
+    argument."""
+
+    def rotary(q, k, cos, sin):
+        batch, _, length, _ = q.shape
+        cos, sin = (t.expand(batch, length, -1).reshape(1, batch * length, -1) for t in (cos, sin))
+        q, k = rotary_kernel(_as_one_row(q), _as_one_row(k), cos, sin)
+        return _as_rows(q, batch), _as_rows(k, batch)
+
+    return rotary
+
+
+def _as_one_row(states: torch.Tensor) -> torch.Tensor:
+    """[batch, heads, length, dim] -> [1, heads, batch * length, dim] (a view for the layout
+    transformers' attention gives its projections)."""
+    batch, heads, length, dim = states.shape
+    return states.transpose(1, 2).reshape(1, batch * length, heads, dim).transpose(1, 2)
+
+
+def _as_rows(states: torch.Tensor, batch: int) -> torch.Tensor:
+    _, heads, tokens, dim = states.shape
+    return states.transpose(1, 2).reshape(batch, tokens // batch, heads, dim).transpose(1, 2)
 
 
 def _attention_forward(rotary_kernel, kernel_device: str = "cuda"):
