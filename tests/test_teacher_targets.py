@@ -3,6 +3,8 @@ path) or every item is run with its whole prompt, batched by length (the GPU pat
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from test_consolidate import CUDA, student
@@ -47,3 +49,13 @@ def test_student_nll_batched_by_length_keeps_the_input_order(model_dir):  # noqa
     alone = [student_nll(lm, [example], batch_size=1)[0] for example in examples]
     assert student_nll(lm, examples, batch_size=2) == pytest.approx(alone, rel=1e-5)
     assert len(set(alone)) == len(alone)  # distinct values, so an order mix-up would show
+
+
+def test_the_shared_chunk_cache_is_passed_under_this_transformers_name(model_dir):  # noqa: F811
+    """transformers 5.2x renamed `past_key_values` to `cache` (the old name goes in 5.40)."""
+    lm = student(model_dir, "cpu")
+    examples = tokenize_items(lm, ITEMS, CHUNKS)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*past_key_values.*")
+        compute_teacher_targets(lm, examples, top_k=5, batch_size=2, share_chunk_cache=True)
+    assert all(example.topk_ids is not None for example in examples)

@@ -16,7 +16,7 @@ from .chunking import Chunk
 from .elicit import TransferItem
 from .generation import adapter_disabled, chat_parts, encode_markup, encode_prompts, encode_texts
 from .host_copies import to_device
-from .models import LoadedModel
+from .models import LoadedModel, cache_keyword, returned_cache
 from .prompts import teacher_prompt
 
 _EPS = 1e-8
@@ -156,7 +156,7 @@ def compute_teacher_targets(
 
 def _prefix_cache(lm: LoadedModel, prefix: list[int]):
     ids = torch.tensor([prefix], device=lm.device)
-    return lm.model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
+    return returned_cache(lm.model(input_ids=ids, use_cache=True, logits_to_keep=1))
 
 
 def _teacher_batch(lm, prefix_cache, prefix_len: int, batch: list[Example], top_k: int) -> _Targets:
@@ -176,8 +176,8 @@ def _teacher_batch(lm, prefix_cache, prefix_len: int, batch: list[Example], top_
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         position_ids=positions.to(device),
-        past_key_values=cache,
         use_cache=True,
+        **{cache_keyword(lm.model): cache},
     ).logits
     lens = [e.answer_len for e in batch]
     # Each row's answer ends its suffix; right-align rows on their suffix ends, then take

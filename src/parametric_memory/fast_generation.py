@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import logging
 import threading
 import time
@@ -45,6 +44,7 @@ import torch
 from torch import nn
 
 from .fused_kernels import transformers_own_modules
+from .models import cache_keyword, returned_cache
 
 logger = logging.getLogger(__name__)
 
@@ -175,11 +175,9 @@ class _Decoder:
     @staticmethod
     def of(model: nn.Module, compiled: bool = False) -> _Decoder:
         hf_model = _hf_model(model)
-        parameters = inspect.signature(hf_model.forward).parameters
-        argument = "cache" if "cache" in parameters else "past_key_values"
         attention = hf_model.config._attn_implementation
         hidden_score = _HIDDEN_SCORE_BY_ATTENTION[attention]
-        return _Decoder(hf_model, argument, hidden_score, compiled)
+        return _Decoder(hf_model, cache_keyword(hf_model), hidden_score, compiled)
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """Last-position logits and the filled `DynamicCache`, exactly as `generate`'s first
@@ -192,8 +190,7 @@ class _Decoder:
             use_cache=True,
             logits_to_keep=1,
         )
-        cache = getattr(output, "cache", None)
-        return output.logits[:, -1], output.past_key_values if cache is None else cache
+        return output.logits[:, -1], returned_cache(output)
 
     def step(self, tokens, positions, attention_mask, cache: _StaticKVCache) -> torch.Tensor:
         if not self.compiled:

@@ -4,6 +4,7 @@ convert it once to a safetensors cache, and load any causal LM with its tokenize
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import torch
 from filelock import FileLock
+from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
@@ -157,3 +159,18 @@ def model_fingerprint(model: PreTrainedModel) -> str:
     # bfloat16 opens on a CPU in float32, while other weights differ in thousands of signs.
     digest.update((sample > 0).numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def cache_keyword(model: nn.Module) -> str:
+    """The forward argument that takes a KV cache: "cache" since transformers 5.2x, where
+    "past_key_values" is deprecated (to be removed in 5.40), and "past_key_values" before.
+    `model` may be wrapped by peft, which passes keyword arguments through."""
+    get_base_model = getattr(model, "get_base_model", None)
+    base = get_base_model() if callable(get_base_model) else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def returned_cache(output):
+    """The KV cache a forward returned, under either name."""
+    cache = getattr(output, "cache", None)
+    return output.past_key_values if cache is None else cache
