@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from .fused_kernels import transformers_own_modules
-from .models import cache_keyword, returned_cache
+from .models import cache_keyword, returned_cache, transformers_model
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def supports_fast_decode(model: nn.Module) -> bool:
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is not None and getattr(peft_config, "is_prompt_learning", False):
         return False
-    hf_model = _hf_model(model)
+    hf_model = transformers_model(model)
     config = getattr(hf_model, "config", None)
     if config is None or model.training:
         return False
@@ -174,7 +174,7 @@ class _Decoder:
 
     @staticmethod
     def of(model: nn.Module, compiled: bool = False) -> _Decoder:
-        hf_model = _hf_model(model)
+        hf_model = transformers_model(model)
         attention = hf_model.config._attn_implementation
         hidden_score = _HIDDEN_SCORE_BY_ATTENTION[attention]
         return _Decoder(hf_model, cache_keyword(hf_model), hidden_score, compiled)
@@ -255,11 +255,9 @@ class _DecodeRunner:
         self.unfinished = torch.zeros(batch, dtype=torch.bool, device=device)
         self.cache: _StaticKVCache | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
-        self.hidden_score = "-inf"
 
     def run(self, decoder, input_ids, attention_mask, max_new_tokens, stop_ids, pad_id):
         rows = input_ids.shape[0]
-        self.hidden_score = decoder.hidden_score
         input_ids, attention_mask = self._fill_rows(input_ids, attention_mask, pad_id)
         logits, prefill_cache = decoder.prefill(input_ids, attention_mask)
         first = logits.argmax(-1)
@@ -328,7 +326,9 @@ class _DecodeRunner:
     def _step(self, decoder: _Decoder) -> None:
         """One decode step on the preallocated state only (no allocation visible outside,
         no host sync): the body of the CUDA graph."""
-        logits = decoder.step(self.tokens, self.positions, self._attention_mask(), self.cache)
+        logits = decoder.step(
+            self.tokens, self.positions, self._attention_mask(decoder), self.cache
+        )
         token = torch.where(self.unfinished, logits.argmax(-1), self.pad)
         self.out.index_copy_(1, self.step, token[:, None])
         self.unfinished &= ~self._is_stop(token)
@@ -338,10 +338,10 @@ class _DecodeRunner:
         self.step.add_(1)
         self.visible.index_fill_(1, self.slot, True)
 
-    def _attention_mask(self) -> torch.Tensor:
+    def _attention_mask(self, decoder: _Decoder) -> torch.Tensor:
         visible = self.visible[:, None, None, :]
         dtype = self.cache.keys[0].dtype
-        hidden = -torch.inf if self.hidden_score == "-inf" else torch.finfo(dtype).min
+        hidden = -torch.inf if decoder.hidden_score == "-inf" else torch.finfo(dtype).min
         mask = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
         return mask.masked_fill_(~visible, hidden)
 
@@ -469,11 +469,6 @@ def _stop_ids(eos_token_id: int | Sequence[int] | None) -> list[int]:
     if len(ids) > _MAX_STOP_TOKENS:
         raise ValueError(f"at most {_MAX_STOP_TOKENS} end tokens, got {len(ids)}")
     return ids
-
-
-def _hf_model(model: nn.Module) -> nn.Module:
-    get_base_model = getattr(model, "get_base_model", None)
-    return get_base_model() if callable(get_base_model) else model
 
 
 def _rope_type(config) -> str:

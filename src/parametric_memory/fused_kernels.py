@@ -5,8 +5,8 @@ the package, nothing changes).
 A small model's decode step is a long chain of tiny kernels: HF's RMSNorm alone is six
 (cast, square, mean, rsqrt, two products), the MLP's activation two more. One fused kernel
 each made the default model's graphed decode step 1.36x faster at batch 1 on an H200
-(0.252 -> 0.185 s for 64 tokens) and its teacher pass 1.3x. HF's RoPE is eight kernels per
-layer (two products and a sum for each of q and k, `rotate_half`'s negation and
+(0.252 -> 0.185 s for 64 tokens) and its teacher pass 1.3x. HF's RoPE is ten kernels per
+layer (for each of q and k: two products, a sum, and `rotate_half`'s negation and
 concatenation); Liger's one made a graphed LoRA step on the Llama-1B shape 1.10x faster on
 an H100 (205.7 -> 186.5 ms, benchmarks/results/speed/2026-12-06-kernel-profiles).
 

@@ -161,13 +161,19 @@ def model_fingerprint(model: PreTrainedModel) -> str:
     return digest.hexdigest()[:16]
 
 
+def transformers_model(model: nn.Module) -> nn.Module:
+    """The transformers model under peft's wrappers (`model` itself if unwrapped); LoRA layers
+    peft injected are inside it and obey the adapter switches all the same."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) else model
+
+
 def cache_keyword(model: nn.Module) -> str:
     """The forward argument that takes a KV cache: "cache" since transformers 5.2x, where
     "past_key_values" is deprecated (to be removed in 5.40), and "past_key_values" before.
     `model` may be wrapped by peft, which passes keyword arguments through."""
-    get_base_model = getattr(model, "get_base_model", None)
-    base = get_base_model() if callable(get_base_model) else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    forward = transformers_model(model).forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def returned_cache(output):
