@@ -5,14 +5,15 @@ analysis and renders a model card; `save_file` then spends most of a shard's tim
 tensors one by one. Here the config is rendered once, and so is the safetensors header: every
 slot has the same keys, shapes and dtype, so each file is that header followed by the slot's
 tensors laid out, on the slots' device, in the header's order, and copied to the host a few
-slots at a time. The model card (`README.md`) is left out.
+slots at a time; the files can then be written on another thread while the GPU goes on
+(`background_writes`). The model card (`README.md`) is left out.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -38,18 +39,31 @@ def adapter_config_json(model: nn.Module) -> bytes:
 def write_adapters(folders: Sequence[Path], config_json: bytes, slots: AdapterSlots) -> None:
     """Slot i as an adapter folder `folders[i]`, loadable by `PeftModel.from_pretrained` (and
     by the memory)."""
+    adapter_writes(folders, config_json, slots)()
+
+
+def adapter_writes(
+    folders: Sequence[Path], config_json: bytes, slots: AdapterSlots
+) -> Callable[[], None]:
+    """`write_adapters` in two halves: the slots are copied to the host now, and the returned
+    job writes the folders (on any thread; the slots may change or go once this returns)."""
     if len(folders) != slots.slots:
         raise ValueError(f"{slots.slots} slots need as many folders, got {len(folders)}")
     header, order = safetensors_layout(slots.state_dict(0))
-    for first in range(0, len(folders), _SLOTS_PER_COPY):
-        stop = min(first + _SLOTS_PER_COPY, len(folders))
-        rows = slots.saved_rows(order, first, stop).to("cpu")
-        for folder, row in zip(folders[first:stop], rows, strict=True):
+    rows = [
+        slots.saved_rows(order, first, min(first + _SLOTS_PER_COPY, slots.slots)).to("cpu")
+        for first in range(0, slots.slots, _SLOTS_PER_COPY)
+    ]
+
+    def write() -> None:
+        for folder, row in zip(folders, (row for copy in rows for row in copy), strict=True):
             folder.mkdir(parents=True, exist_ok=True)
             (folder / CONFIG_NAME).write_bytes(config_json)
             with (folder / SAFETENSORS_WEIGHTS_NAME).open("wb") as file:
                 file.write(header)
                 file.write(row.view(torch.uint8).numpy())
+
+    return write
 
 
 def safetensors_layout(tensors: dict[str, torch.Tensor]) -> tuple[bytes, list[str]]:

@@ -10,7 +10,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import store
-from .adapter_files import adapter_config_json, write_adapters
+from .adapter_files import adapter_config_json, adapter_writes
+from .background_writes import BackgroundWrites
 from .chunking import Chunk, chunk_document
 from .consolidate import reset_adapter
 from .distillation import batches
@@ -96,20 +97,28 @@ class Ingest:
 
     def run(self, progress: bool) -> IngestReport:
         """Consolidate every planned document, committing after each one (after each group,
-        for fresh shards consolidated together)."""
+        for fresh shards consolidated together: its files are written and committed in the
+        background while the next group is consolidated)."""
         total = len(self.new_documents())
         bar = tqdm(total=total, desc="consolidating", unit="doc", disable=not progress or not total)
-        with bar:
+        held_by_adapter = None
+        with bar, BackgroundWrites() as writes:
             for together, shards in self._work_order(list(self.shards)):
                 if together:
-                    self._add_together(shards)
+                    self._add_together(shards, writes)
+                    held_by_adapter = shards[-1]
                     bar.update(len(shards))
                     continue
+                writes.wait()  # a together group's commit lands before this shard's
+                held_by_adapter = None
                 self.memory._activate(shards[0])
                 for document in self.shards[shards[0]]:
                     bar.set_postfix_str(document.id[:30])
                     self._add_document(document, shards[0])
                     bar.update()
+            writes.wait()
+        if held_by_adapter is not None:  # committed now: the adapter holds its weights
+            self.memory._active_shard = held_by_adapter
         self.report.list_in_given_order(self.documents)
         return self.report
 
@@ -119,12 +128,15 @@ class Ingest:
         """Consolidate the planned documents of `shards`, saving each shard's weights under
         `folder` and committing nothing (a multi-GPU ingest commits every shard at once)."""
         results: list[ShardResult] = []
-        for together, group in self._work_order(shards):
-            if together:
-                results += self._consolidate_together(group, folder)
-            else:
-                results.append(self._consolidate_shard(group[0], folder))
-            bar.update(sum(len(self.shards[shard]) for shard in group))
+        with BackgroundWrites() as writes:
+            for together, group in self._work_order(shards):
+                if together:
+                    group_results, write = self._consolidate_together(group, folder)
+                    writes.submit(write)
+                    results += group_results
+                else:
+                    results.append(self._consolidate_shard(group[0], folder))
+                bar.update(sum(len(self.shards[shard]) for shard in group))
         return results
 
     def commit_results(self, results: list[ShardResult], staging: Path) -> None:
@@ -205,43 +217,63 @@ class Ingest:
         return self._chunks_of[key]
 
     # --- fresh one-document shards, many at once ----------------------------------------
-    def _add_together(self, shards: list[int]) -> None:
-        """Consolidate fresh one-document `shards` at once and commit them together; if the
-        GPU runs out of memory for them, each half in turn."""
+    def _add_together(self, shards: list[int], writes: BackgroundWrites) -> None:
+        """Consolidate fresh one-document `shards` at once, then write and commit them on
+        `writes`' thread; if the GPU runs out of memory for them, each half in turn."""
         staging = store.staging_folder(self.memory.root)
+        out_of_memory = False
         try:
-            results = self._consolidate_together(shards, staging)
-            started = time.perf_counter()
-            self.commit_results(results, staging)
-            logger.info("committed %d shards in %.1fs", len(shards), time.perf_counter() - started)
-            self.memory._active_shard = shards[-1]  # the adapter holds its committed weights
+            results, write = self._consolidate_together(shards, staging)
         except torch.OutOfMemoryError:
+            shutil.rmtree(staging, ignore_errors=True)
             if len(shards) == 1:
                 raise
-            results = None
-        finally:
+            out_of_memory = True  # retried outside this block, whose traceback holds tensors
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
-        if results is None:
-            half = len(shards) // 2
-            logger.warning(
-                "out of GPU memory consolidating %d documents together; trying %d, then %d "
-                "(a lower sharding.shards_in_parallel avoids the retry)",
-                len(shards),
-                half,
-                len(shards) - half,
-            )
-            _release_gpu_memory()
-            self._add_together(shards[:half])
-            self._add_together(shards[half:])
+            raise
+        if out_of_memory:
+            self._retry_in_halves(shards, writes)
             return
+
+        def write_and_commit() -> None:
+            try:
+                write()
+                started = time.perf_counter()
+                self.commit_results(results, staging)
+                seconds = time.perf_counter() - started
+                logger.info("committed %d shards in %.1fs", len(shards), seconds)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+        try:
+            writes.submit(write_and_commit)
+        except BaseException:  # the group before failed to commit: this one is not written
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         for result in results:
             for document_id in result.records:
                 self.report.count(document_id, result.chunks, result.items)
 
-    def _consolidate_together(self, shards: list[int], folder: Path) -> list[ShardResult]:
+    def _retry_in_halves(self, shards: list[int], writes: BackgroundWrites) -> None:
+        half = len(shards) // 2
+        logger.warning(
+            "out of GPU memory consolidating %d documents together; trying %d, then %d "
+            "(a lower sharding.shards_in_parallel avoids the retry)",
+            len(shards),
+            half,
+            len(shards) - half,
+        )
+        _release_gpu_memory()
+        self._add_together(shards[:half], writes)
+        self._add_together(shards[half:], writes)
+
+    def _consolidate_together(
+        self, shards: list[int], folder: Path
+    ) -> tuple[list[ShardResult], Callable[[], None]]:
         """Consolidate each of `shards` (fresh, one document each) into its own slot of a
-        stacked adapter at once, and save each shard's weights under `folder`, committing
-        nothing."""
+        stacked adapter at once; the weights are copied to the host, and the returned job
+        saves each shard's weights under `folder`. Nothing is committed."""
         config, lm = self.config, self.memory._lm
         documents = [self.shards[shard][0] for shard in shards]
         chunks = [self._chunk(document) for document in documents]
@@ -249,17 +281,21 @@ class Ingest:
         self.memory._active_shard = None  # the adapter is about to hold uncommitted weights
         reset_adapter(lm, config.seed)
         outcomes, slots = transform_fresh_documents(lm, chunks, config, rngs)
-        started = time.perf_counter()
         folders = [folder / store.shard_dir(shard) for shard in shards]
-        write_adapters(folders, adapter_config_json(lm.model), slots)
+        write = adapter_writes(folders, adapter_config_json(lm.model), slots)
         results = []
         for slot, (shard, document) in enumerate(zip(shards, documents, strict=True)):
             selected = outcomes[slot].selected
             record = _record(document, shard, chunks[slot], selected)
             results.append(ShardResult(shard, {document.id: record}, chunks[slot], selected))
         slots.copy_to_adapter(len(shards) - 1)  # the adapter holds the last shard's weights
-        logger.info("wrote %d shards in %.1fs", len(shards), time.perf_counter() - started)
-        return results
+
+        def timed_write() -> None:
+            started = time.perf_counter()
+            write()
+            logger.info("wrote %d shards in %.1fs", len(shards), time.perf_counter() - started)
+
+        return results, timed_write
 
     # --- one shard at a time ------------------------------------------------------------
     def _add_document(self, document: Document, shard: int) -> None:
