@@ -224,14 +224,11 @@ class Ingest:
         out_of_memory = False
         try:
             results, write = self._consolidate_together(shards, staging)
-        except torch.OutOfMemoryError:
+        except BaseException as error:
             shutil.rmtree(staging, ignore_errors=True)
-            if len(shards) == 1:
+            if not isinstance(error, torch.OutOfMemoryError) or len(shards) == 1:
                 raise
             out_of_memory = True  # retried outside this block, whose traceback holds tensors
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         if out_of_memory:
             self._retry_in_halves(shards, writes)
             return
