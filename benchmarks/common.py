@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from parametric_memory import ParametricMemory
-from parametric_memory.generation import generate
-from parametric_memory.models import LoadedModel
-from parametric_memory.prompts import teacher_prompt
+from parametric_memory.engine.generation import generate
+from parametric_memory.engine.models import LoadedModel
+from parametric_memory.method.prompts import teacher_prompt
 
 MAX_ANSWER_TOKENS = 48
 GENERATION_BATCH_SIZE = 32

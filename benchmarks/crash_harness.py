@@ -51,14 +51,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from tiny_model import build_talking_tiny_model  # noqa: E402
 
-from parametric_memory import (  # noqa: E402
-    MemoryConfig,
-    ParametricMemory,
-    ParametricMemoryError,
-    store,
-)
+from parametric_memory import MemoryConfig, ParametricMemory, ParametricMemoryError, store  # noqa: E402
 from parametric_memory.documents import content_hash  # noqa: E402
-from parametric_memory.verify import verify_memory  # noqa: E402
+from parametric_memory.store.verify import verify_memory  # noqa: E402
 
 PHASES = ("startup", "elicitation", "selection", "training", "save/commit", "exit")
 MODE_WEIGHTS = {"window": 0.6, "commit": 0.3, "anytime": 0.1}

@@ -25,7 +25,7 @@ from common import answer_prompts, ask_memory, ingest_document, load_documents, 
 from metrics import contains_answer, mean, score_answer
 
 from parametric_memory import MemoryConfig, ParametricMemory
-from parametric_memory.models import load_model
+from parametric_memory.engine.models import load_model
 
 DATA = Path(__file__).parent / "data" / "invented_facts.jsonl"
 

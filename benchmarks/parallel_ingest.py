@@ -33,8 +33,8 @@ from quality import SQUAD, _memory_config, sample_documents
 
 from parametric_memory.cli import prefer_expandable_segments
 from parametric_memory.distributed import add_documents_distributed, init_process_group
-from parametric_memory.documents import Document
 from parametric_memory.memory import ParametricMemory
+from parametric_memory.records import Document
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ from pydantic import ValidationError
 from retrieval import rank_passages
 
 from parametric_memory import MemoryConfig, ParametricMemory
-from parametric_memory.models import load_model
+from parametric_memory.engine.models import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 SQUAD = REPO.parent / "shared" / "data" / "squad-dev.jsonl"

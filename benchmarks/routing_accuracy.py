@@ -22,9 +22,9 @@ from pathlib import Path
 from common import load_documents
 from quality import SQUAD, sample_documents
 
-from parametric_memory.chunking import chunk_document
 from parametric_memory.config import ChunkingConfig
-from parametric_memory.models import converted_default_model
+from parametric_memory.engine.models import converted_default_model
+from parametric_memory.method.chunking import chunk_document
 from parametric_memory.routing import bm25s, tokenize
 
 

@@ -40,9 +40,7 @@ import transformers
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from parametric_memory.distillation import Example, answer_logits, topk_kl_loss
-from parametric_memory.elicit import TransferItem
-from parametric_memory.fast_distillation import (
+from parametric_memory.engine.fast_distillation import (
     GraphedStudentTrainer,
     capturable_adamw,
     collate,
@@ -50,9 +48,12 @@ from parametric_memory.fast_distillation import (
     stack_targets,
     train_step,
 )
-from parametric_memory.fast_generation import greedy_generate, release_graphs
-from parametric_memory.fused_kernels import fused_kernels_available, use_fused_kernels
-from parametric_memory.merged_adapter import answering_weights
+from parametric_memory.engine.fast_generation import greedy_generate, release_graphs
+from parametric_memory.engine.fused_kernels import fused_kernels_available, use_fused_kernels
+from parametric_memory.engine.merged_adapter import answering_weights
+from parametric_memory.losses import topk_kl_loss
+from parametric_memory.method.distillation import answer_logits
+from parametric_memory.records import Example, TransferItem
 
 SHAPES: dict[str, dict] = {
     "smollm2-135m": {
@@ -364,7 +365,7 @@ def engine_kernels(model):
 def engine_answer(model, ids, mask, new_tokens: int) -> torch.Tensor:
     """How the engine answers: on CUDA with the adapter merged for the call (its cost
     included), then the fast decoder."""
-    with answering_weights(model):
+    with answering_weights(model, merge=True):
         return fast_generate(model, ids, mask, new_tokens)
 
 

@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save
 from test_consolidate import CUDA, student
 from test_fast_generation import load, model_dir  # noqa: F401
 
-from parametric_memory.adapter_files import adapter_config_json, write_adapters
-from parametric_memory.adapter_slots import AdapterSlots
+from parametric_memory.engine.adapter_files import adapter_config_json, write_adapters
+from parametric_memory.engine.adapter_slots import AdapterSlots
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])

@@ -11,11 +11,11 @@ from test_distributed import IDS, TEXTS
 
 from parametric_memory import ParametricMemory
 from parametric_memory import ingest as ingest_module
-from parametric_memory.background_writes import BackgroundWrites
 from parametric_memory.config import ShardingConfig
 from parametric_memory.documents import make_documents
+from parametric_memory.engine.background_writes import BackgroundWrites
 from parametric_memory.ingest import Ingest
-from parametric_memory.verify import verify_memory
+from parametric_memory.store.verify import verify_memory
 
 
 def test_submit_waits_for_the_job_before_and_raises_its_error():
@@ -112,7 +112,7 @@ def test_a_failed_write_commits_nothing_of_its_group_and_keeps_the_groups_before
         return failing
 
     monkeypatch.setattr(ingest_module, "adapter_writes", second_group_fails)
-    plan = Ingest(memory, make_documents(TEXTS, IDS)).shards
+    plan = Ingest(memory.writer(), make_documents(TEXTS, IDS)).shards
     planned = [document.id for documents in plan.values() for document in documents]
     with pytest.raises(OSError, match="No space left"):
         memory.add_documents(TEXTS, ids=IDS, progress=False)

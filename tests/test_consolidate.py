@@ -14,20 +14,21 @@ import torch
 from test_fast_generation import load, model_dir, random_examples, with_lora  # noqa: F401
 from transformers import AutoTokenizer
 
-from parametric_memory import TrainingDivergedError, fast_distillation
+from parametric_memory import TrainingDivergedError
 from parametric_memory.config import ConsolidationConfig
-from parametric_memory.consolidate import (
-    TrainingStats,
+from parametric_memory.engine import fast_distillation
+from parametric_memory.engine.fast_distillation import capturable_adamw, collate, train_step
+from parametric_memory.engine.models import LoadedModel
+from parametric_memory.engine.optimizer import clip_and_step, set_learning_rate
+from parametric_memory.method.consolidate import (
     _distillation_loss,
     _refuse_non_finite_weights,
     backward_in_length_groups,
     length_groups,
     train_student,
 )
-from parametric_memory.distillation import batches
-from parametric_memory.fast_distillation import capturable_adamw, collate, train_step
-from parametric_memory.models import LoadedModel
-from parametric_memory.optimizer import clip_and_step, set_learning_rate, warmup_then_linear_decay
+from parametric_memory.records import TrainingStats, batches
+from parametric_memory.schedule import warmup_then_linear_decay
 
 
 def student(model_dir, device: str = "cpu") -> LoadedModel:  # noqa: F811

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from parametric_memory import ParametricMemory, ShardingConfig, store
-from parametric_memory.documents import Document
+from parametric_memory.records import Document
 from parametric_memory.sharding import balance_shards, plan_shards
 
 TEXTS = [

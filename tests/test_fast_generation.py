@@ -15,22 +15,23 @@ from peft import LoraConfig, get_peft_model
 from tiny_model import build_talking_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from parametric_memory import fast_generation, generation
-from parametric_memory.distillation import Example, answer_logits, topk_kl_loss
-from parametric_memory.elicit import TransferItem
-from parametric_memory.fast_distillation import (
+from parametric_memory.engine import fast_generation, generation
+from parametric_memory.engine.fast_distillation import (
     GraphedStudentTrainer,
     capturable_adamw,
     collate,
     length_bucketed_batches,
     train_step,
 )
-from parametric_memory.fast_generation import (
+from parametric_memory.engine.fast_generation import (
     greedy_generate,
     release_graphs,
     supports_fast_decode,
 )
-from parametric_memory.models import LoadedModel
+from parametric_memory.engine.models import LoadedModel
+from parametric_memory.losses import topk_kl_loss
+from parametric_memory.method.distillation import answer_logits
+from parametric_memory.records import Example, TransferItem
 
 PAD = 2
 NEW_TOKENS = 20

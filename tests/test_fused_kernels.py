@@ -12,14 +12,14 @@ from peft import LoraConfig, get_peft_model
 from test_consolidate import CUDA
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from parametric_memory import MemoryConfig, fused_kernels
-from parametric_memory.fused_kernels import (
-    FUSED_KERNELS_ENV,
+from parametric_memory import MemoryConfig
+from parametric_memory.engine import fused_kernels
+from parametric_memory.engine.fused_kernels import (
     fused_kernels_available,
     transformers_own_modules,
     use_fused_kernels,
 )
-from parametric_memory.models import load_model
+from parametric_memory.engine.models import load_model
 
 LIGER = pytest.mark.skipif(not fused_kernels_available(), reason="liger-kernel not installed")
 
@@ -83,9 +83,11 @@ def test_fused_modules_give_the_same_logits_and_lora_gradients():
 
 @CUDA
 @LIGER
-def test_the_switch_keeps_transformers_modules(monkeypatch):
-    monkeypatch.setenv(FUSED_KERNELS_ENV, "0")
-    assert use_fused_kernels(small_llama("cuda")) == 0
+def test_the_switch_keeps_transformers_modules(tiny_config):
+    engine = {"device": "cuda", "engine": {"fused_kernels": False}}
+    lm = load_model(MemoryConfig(**{**tiny_config.model_dump(), **engine}))
+    assert lm.backend.name == "cuda"
+    assert not any("forward" in vars(module) for module in lm.model.modules())
 
 
 @CUDA

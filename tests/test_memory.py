@@ -21,7 +21,7 @@ from parametric_memory import (
     store,
 )
 from parametric_memory.config import ChunkingConfig
-from parametric_memory.verify import verify_memory
+from parametric_memory.store.verify import verify_memory
 
 DOCS = [
     "New hires at Brindlewick Analytics get 27 vacation days. The office is in Quillhaven.",
@@ -76,9 +76,9 @@ def test_adapter_changes_the_answers_distribution(memory):
 
 
 def test_elicitation_is_written_by_the_base_model_whatever_the_adapter_holds(memory):
-    from parametric_memory.chunking import Chunk
-    from parametric_memory.elicit import elicit_transfer_set
-    from parametric_memory.generation import generate
+    from parametric_memory.engine.generation import generate
+    from parametric_memory.method.elicit import elicit_transfer_set
+    from parametric_memory.records import Chunk
 
     lm, chunk = memory.model, Chunk("c", "d", 0, DOCS[1], 20)
     clean = elicit_transfer_set(lm, [chunk], memory.config.elicitation)

@@ -13,11 +13,16 @@ from test_fast_generation import load, model_dir  # noqa: F401
 from test_memory import DOCS
 
 from parametric_memory import ParametricMemory
-from parametric_memory.merged_adapter import (
-    MERGED_ANSWERS_ENV,
+from parametric_memory.engine.merged_adapter import (
     answering_weights,
     merged_adapter,
 )
+from parametric_memory.engine.models import LoadedModel
+
+
+def always_merged(model, merge):
+    return merged_adapter(model)
+
 
 IDS = torch.tensor([[5, 17, 99, 3, 42, 7, 250, 11]])
 
@@ -73,12 +78,11 @@ def test_an_error_inside_still_restores_the_base_weights(model_dir):  # noqa: F8
 def test_nothing_is_merged_where_it_does_not_apply(model_dir, how, monkeypatch):  # noqa: F811
     model = student(model_dir) if how != "no adapter" else load(model_dir)
     before = base_weights(model)
-    if how == "switch":
-        monkeypatch.setenv(MERGED_ANSWERS_ENV, "0")
     if how == "training":
         model.train()
     context = model.disable_adapter() if how == "adapter off" else torch.no_grad()
-    with context, merged_adapter(model):
+    merging = answering_weights(model, merge=how != "switch")
+    with context, merging:
         inside = base_weights(model)
     assert all(torch.equal(inside[n], before[n]) for n in before)
 
@@ -86,7 +90,7 @@ def test_nothing_is_merged_where_it_does_not_apply(model_dir, how, monkeypatch):
 def test_a_cpu_model_answers_through_the_lora_branch(model_dir):  # noqa: F811
     model = student(model_dir)
     before = base_weights(model)
-    with answering_weights(model):
+    with answering_weights(model, LoadedModel(model, None, "tiny", "x").backend.merged_answers):
         inside = base_weights(model)
     assert all(torch.equal(inside[n], before[n]) for n in before)
 
@@ -98,7 +102,7 @@ def test_a_memory_answers_the_same_merged_or_not(tmp_path, tiny_config, monkeypa
     unmerged = memory.ask_batch(questions, max_new_tokens=8)
     merges = []
 
-    def merging(model):  # what CUDA does
+    def merging(model, merge):  # what CUDA does
         merges.append(model)
         return merged_adapter(model)
 
@@ -113,7 +117,7 @@ def test_on_cuda_the_engine_answers_with_merged_weights(model_dir):  # noqa: F81
     before = base_weights(model)
     ids = IDS.to("cuda")
     expected = model(input_ids=ids).logits.float()
-    with answering_weights(model):
+    with answering_weights(model, LoadedModel(model, None, "tiny", "x").backend.merged_answers):
         inside = base_weights(model)
         merged = model(input_ids=ids).logits.float()
     assert any(not torch.equal(inside[n], before[n]) for n in before)
@@ -126,7 +130,7 @@ def test_threads_sharing_a_memory_get_the_answers_of_serial_calls(
 ):
     memory = ParametricMemory.create(tmp_path / "mem", tiny_config)
     memory.add_documents(DOCS, ids=["a", "b"], progress=False)
-    monkeypatch.setattr("parametric_memory.memory.answering_weights", merged_adapter)
+    monkeypatch.setattr("parametric_memory.memory.answering_weights", always_merged)
     questions = ["How many vacation days?", "When is the Zorbian festival?"] * 4
     serial = [memory.ask(q, max_new_tokens=6) for q in questions]
     before = base_weights(memory.model.model)
@@ -142,7 +146,7 @@ def test_a_merged_stream_matches_ask_and_leaving_it_early_restores_everything(
 ):
     memory = ParametricMemory.create(tmp_path / "mem", tiny_config)
     memory.add_documents(DOCS[:1], ids=["a"], progress=False)
-    monkeypatch.setattr("parametric_memory.memory.answering_weights", merged_adapter)
+    monkeypatch.setattr("parametric_memory.memory.answering_weights", always_merged)
     question = "Where is the office?"
     streamed = "".join(memory.stream(question, max_new_tokens=6)).strip()
     assert streamed == memory.ask(question, max_new_tokens=6)

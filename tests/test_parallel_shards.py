@@ -14,9 +14,8 @@ from test_consolidate import CUDA, adapter_params, adapter_weights, no_host_sync
 from test_distributed import IDS, TEXTS, _records, _weights
 from test_fast_generation import model_dir, random_examples  # noqa: F401
 
-from parametric_memory import ParametricMemory, slot_training, transformation
+from parametric_memory import ParametricMemory
 from parametric_memory import ingest as ingest_module
-from parametric_memory.adapter_slots import AdapterSlots
 from parametric_memory.cli import prefer_expandable_segments
 from parametric_memory.config import (
     ChunkingConfig,
@@ -24,12 +23,16 @@ from parametric_memory.config import (
     SelectionConfig,
     ShardingConfig,
 )
-from parametric_memory.consolidate import train_student, training_batches
 from parametric_memory.documents import make_documents
+from parametric_memory.engine import slot_training
+from parametric_memory.engine.adapter_slots import AdapterSlots
+from parametric_memory.engine.slot_training import _passes, _train_steps, train_slots
 from parametric_memory.ingest import Ingest
+from parametric_memory.method import transformation
+from parametric_memory.method.consolidate import train_student
+from parametric_memory.schedule import training_batches
 from parametric_memory.sharding import group_shards
-from parametric_memory.slot_training import _passes, _train_steps, train_slots
-from parametric_memory.verify import verify_memory
+from parametric_memory.store.verify import verify_memory
 
 CONFIG = ConsolidationConfig(epochs=2, batch_size=3, learning_rate=1e-2)
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
@@ -191,7 +194,7 @@ def test_one_document_shards_are_planned_fewest_chunks_then_shortest_first(tmp_p
     config = tiny_config.model_copy(update={"chunking": ChunkingConfig(chunk_tokens=64)})
     memory = ParametricMemory.create(tmp_path / "mem", config)
     texts = [LONG, "Kelp grows fast off Orsk in the cold months of the year.", "Ferries sail."]
-    plan = Ingest(memory, make_documents(texts, ["long", "medium", "short"])).shards
+    plan = Ingest(memory.writer(), make_documents(texts, ["long", "medium", "short"])).shards
     assert [[d.id for d in documents] for documents in plan.values()] == [
         ["short"],
         ["medium"],
@@ -199,7 +202,7 @@ def test_one_document_shards_are_planned_fewest_chunks_then_shortest_first(tmp_p
     ]
     several = config.model_copy(update={"sharding": ShardingConfig(documents_per_shard=2)})
     memory = ParametricMemory.create(tmp_path / "several", several)
-    plan = Ingest(memory, make_documents(texts, ["long", "medium", "short"])).shards
+    plan = Ingest(memory.writer(), make_documents(texts, ["long", "medium", "short"])).shards
     assert [[d.id for d in documents] for documents in plan.values()] == [
         ["long", "medium"],
         ["short"],
@@ -223,7 +226,7 @@ def test_a_failing_group_commits_nothing_of_itself_and_keeps_the_groups_before(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ingest_module, "transform_fresh_documents", fails_the_second_time)
-    plan = Ingest(memory, make_documents(TEXTS[:4], IDS[:4])).shards
+    plan = Ingest(memory.writer(), make_documents(TEXTS[:4], IDS[:4])).shards
     planned = [document.id for documents in plan.values() for document in documents]
     with pytest.raises(RuntimeError, match="crash"):
         memory.add_documents(TEXTS[:4], ids=IDS[:4], progress=False)

@@ -7,13 +7,13 @@ import torch
 from pydantic import ValidationError
 
 from parametric_memory import InvalidDocumentError, MemoryConfig
-from parametric_memory.chunking import chunk_text, split_sentences
 from parametric_memory.config import SelectionConfig
-from parametric_memory.distillation import topk_kl_loss
 from parametric_memory.documents import make_documents, validate_text
-from parametric_memory.elicit import TransferItem
-from parametric_memory.prompts import parse_written_question, plan_prompts, salient_spans
-from parametric_memory.select import degeneracy, select_items
+from parametric_memory.losses import topk_kl_loss
+from parametric_memory.method.chunking import chunk_text, split_sentences
+from parametric_memory.method.prompts import parse_written_question, plan_prompts, salient_spans
+from parametric_memory.method.select import degeneracy, select_items
+from parametric_memory.records import TransferItem
 
 TEXT = (
     "New hires at Brindlewick Analytics get 27 vacation days. "

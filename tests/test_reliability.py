@@ -49,9 +49,9 @@ from parametric_memory import (
     store,
 )
 from parametric_memory import memory as memory_module
-from parametric_memory.chunking import chunk_text
 from parametric_memory.documents import content_hash, make_documents, read_files
-from parametric_memory.verify import verify_memory
+from parametric_memory.method.chunking import chunk_text
+from parametric_memory.store.verify import verify_memory
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -471,8 +471,8 @@ def test_a_document_with_chat_markup_is_held_as_plain_text(sound_memory, parts):
 
 
 def test_chat_markers_in_a_document_cannot_open_a_new_turn(tiny_tokenizer):
-    from parametric_memory.generation import encode_prompt
-    from parametric_memory.prompts import teacher_prompt
+    from parametric_memory.engine.generation import encode_prompt
+    from parametric_memory.method.prompts import teacher_prompt
 
     special = set(tiny_tokenizer.all_special_ids)
     honest = encode_prompt(tiny_tokenizer, teacher_prompt("A plain chunk.", "What is it?"))

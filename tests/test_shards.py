@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from parametric_memory import ParametricMemory, ShardingConfig, store
-from parametric_memory.chunking import Chunk
+from parametric_memory.records import Chunk
 from parametric_memory.routing import ShardRouter
-from parametric_memory.verify import verify_memory
+from parametric_memory.store.verify import verify_memory
 
 DOCS = {
     "brindlewick": "New hires at Brindlewick Analytics get 27 vacation days in Quillhaven.",

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from parametric_memory.slot_linear import LoraLinear, SlotLinear, base_weight
+from parametric_memory.engine.slot_linear import LoraLinear, SlotLinear, base_weight
 
 ROWS, TOKENS, IN, RANK, OUT = 3, 5, 7, 2, 4
 

@@ -9,8 +9,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from parametric_memory import slot_linear
-from parametric_memory.student_lora import lora_in_activation_dtype
+from parametric_memory.engine import slot_linear
+from parametric_memory.engine.student_lora import lora_in_activation_dtype
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -10,9 +10,12 @@ import torch
 from test_consolidate import CUDA, student
 from test_fast_generation import model_dir  # noqa: F401
 
-from parametric_memory.chunking import Chunk
-from parametric_memory.distillation import compute_teacher_targets, student_nll, tokenize_items
-from parametric_memory.elicit import TransferItem
+from parametric_memory.method.distillation import (
+    compute_teacher_targets,
+    student_nll,
+    tokenize_items,
+)
+from parametric_memory.records import Chunk, TransferItem
 
 CHUNKS = {
     "a": Chunk("a", "doc-a", 0, "The Orsk ferry sails at nine and docks at Velm by noon.", 16),

@@ -22,7 +22,7 @@ from .documents import read_files
 from .errors import MemoryExistsError, ParametricMemoryError
 from .memory import ParametricMemory
 from .store import LOCK_FILE, LOCK_OWNER_FILE, MANIFEST_FILE
-from .verify import verify_memory
+from .store.verify import verify_memory
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130

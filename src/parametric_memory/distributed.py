@@ -31,10 +31,10 @@ from tqdm.auto import tqdm
 
 from . import store
 from .config import MemoryConfig
-from .documents import Document
 from .errors import ParametricMemoryError
 from .ingest import Ingest, IngestReport, ShardResult
 from .memory import ParametricMemory
+from .records import Document
 from .sharding import balance_shards
 
 logger = logging.getLogger(__name__)
@@ -105,13 +105,13 @@ def _ingest(memory: ParametricMemory, documents: list[Document], progress: bool)
 
         def lock_and_stage() -> Path:
             held_by_rank_zero.enter_context(store.write_lock(memory.root))
-            memory._refresh(writer=True)
+            memory.writer().refresh(writer=True)
             staging = store.staging_folder(memory.root)
             held_by_rank_zero.callback(shutil.rmtree, staging, ignore_errors=True)
             return staging
 
         staging = _on_rank_zero(lock_and_stage)
-        ingest = Ingest(memory, documents, writer=False)
+        ingest = Ingest(memory.writer(), documents, writer=False)
         report = ingest.report
         mine = balance_shards(ingest.shards, world)[rank]
         logger.info("rank %d of %d consolidates shards %s", rank, world, mine)
@@ -138,7 +138,7 @@ def _ingest(memory: ParametricMemory, documents: list[Document], progress: bool)
 
         report = _on_rank_zero(commit)
     if rank != 0:
-        memory._refresh(writer=False)  # pick up the commit
+        memory.writer().refresh(writer=False)  # pick up the commit
     return report
 
 

@@ -6,31 +6,15 @@ Reading files lives here too, so the CLI and the integrations refuse the same ba
 
 from __future__ import annotations
 
-import hashlib
 import unicodedata
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InvalidDocumentError
+from .records import Document, content_hash
 
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
 _MAX_CONTROL_FRACTION = 0.01
-
-
-@dataclass(frozen=True)
-class Document:
-    id: str
-    text: str
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def content_hash(self) -> str:
-        return content_hash(self.text)
-
-
-def content_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def validate_text(text: object, label: str) -> str:

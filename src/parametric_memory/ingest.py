@@ -13,27 +13,74 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
 
 from . import store
-from .adapter_files import adapter_config_json, adapter_writes
-from .background_writes import BackgroundWrites
-from .chunking import Chunk, chunk_document
-from .consolidate import reset_adapter
-from .distillation import batches
-from .documents import Document
-from .elicit import TransferItem
+from .engine.adapter_files import adapter_config_json, adapter_writes
+from .engine.background_writes import BackgroundWrites
+from .engine.models import LoadedModel
 from .errors import InvalidDocumentError
+from .method.chunking import chunk_document
+from .method.consolidate import reset_adapter
+from .method.transformation import transform, transform_fresh_documents
+from .records import Chunk, Document, TransferItem, batches
 from .sharding import group_shards, items_of_shard, plan_shards
-from .transformation import transform, transform_fresh_documents
-
-if TYPE_CHECKING:
-    from .memory import ParametricMemory
 
 logger = logging.getLogger(__name__)
+
+
+class MemoryWriter(Protocol):
+    """What an ingest needs of the memory it writes into, and all it may touch:
+    `ParametricMemory.writer()` provides it, holding the write lock's side of the memory."""
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def manifest(self) -> store.Manifest:
+        """The committed manifest this writer last read or wrote."""
+        ...
+
+    @property
+    def lm(self) -> LoadedModel: ...
+
+    def refresh(self, *, writer: bool = True) -> tuple[list[Chunk], list[TransferItem]]:
+        """Pick up commits made elsewhere; the committed chunk and transfer-item records."""
+        ...
+
+    def activate(self, shard: int) -> None:
+        """Load `shard`'s committed weights into the adapter (fresh ones for a new shard)."""
+        ...
+
+    def adapter_holds(self, shard: int | None) -> None:
+        """Record which committed shard the adapter now holds (None: uncommitted weights)."""
+        ...
+
+    def commit(
+        self,
+        documents: dict[str, store.DocumentRecord],
+        changed_shard: int | None,
+        chunks: dict[str, Chunk],
+        items: list[TransferItem],
+    ) -> None:
+        """Commit `documents` with the adapter's weights as `changed_shard`."""
+        ...
+
+    def commit_state(
+        self,
+        documents: dict[str, store.DocumentRecord],
+        changed_shards: set[int],
+        write_state: Callable[[Path], None],
+    ) -> None:
+        """Commit a state whose changed shards and records `write_state` writes."""
+        ...
+
+    def write_records(
+        self, folder: Path, chunks: dict[str, Chunk], items: list[TransferItem]
+    ) -> None: ...
 
 
 @dataclass
@@ -73,12 +120,12 @@ class Ingest:
     Documents already held go to the report as skipped."""
 
     def __init__(
-        self, memory: ParametricMemory, documents: list[Document], *, writer: bool = True
+        self, memory: MemoryWriter, documents: list[Document], *, writer: bool = True
     ) -> None:
         self.memory = memory
         self.documents = documents
-        self.config = memory.config
-        chunk_records, self.held_items = memory._refresh(writer=writer)
+        self.config = memory.manifest.config
+        chunk_records, self.held_items = memory.refresh(writer=writer)
         self.held_chunks = {chunk.id: chunk for chunk in chunk_records}
         """Every committed chunk; the held records take in each commit's new ones."""
         self.report = IngestReport()
@@ -89,7 +136,7 @@ class Ingest:
         per_shard = self.config.sharding.documents_per_shard
         if per_shard == 1:
             todo = self._fewest_chunks_first(todo)
-        self.shards = plan_shards(memory._manifest.documents, todo, per_shard)
+        self.shards = plan_shards(memory.manifest.documents, todo, per_shard)
         """The new documents of each shard, in the order they are consolidated."""
 
     def new_documents(self) -> list[Document]:
@@ -111,14 +158,14 @@ class Ingest:
                     continue
                 writes.wait()  # a together group's commit lands before this shard's
                 held_by_adapter = None
-                self.memory._activate(shards[0])
+                self.memory.activate(shards[0])
                 for document in self.shards[shards[0]]:
                     bar.set_postfix_str(document.id[:30])
                     self._add_document(document, shards[0])
                     bar.update()
             writes.wait()
         if held_by_adapter is not None:  # committed now: the adapter holds its weights
-            self.memory._active_shard = held_by_adapter
+            self.memory.adapter_holds(held_by_adapter)
         self.report.list_in_given_order(self.documents)
         return self.report
 
@@ -142,7 +189,7 @@ class Ingest:
     def commit_results(self, results: list[ShardResult], staging: Path) -> None:
         """Commit every shard's new documents at once, in shard order, with the weights
         saved under `staging`; the held records take in the new ones."""
-        documents = dict(self.memory._manifest.documents)
+        documents = dict(self.memory.manifest.documents)
         for result in sorted(results, key=lambda result: result.shard):
             documents.update(result.records)
             self.held_chunks.update({chunk.id: chunk for chunk in result.chunks})
@@ -154,13 +201,13 @@ class Ingest:
                 target = folder / store.shard_dir(shard)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staging / store.shard_dir(shard), target)
-            self.memory._write_records(folder, self.held_chunks, self.held_items)
+            self.memory.write_records(folder, self.held_chunks, self.held_items)
 
-        self.memory._commit_state(documents, changed, write_state)
+        self.memory.commit_state(documents, changed, write_state)
 
     # --- planning -----------------------------------------------------------------------
     def _new_documents(self, documents: list[Document]) -> list[Document]:
-        held = self.memory._manifest.documents
+        held = self.memory.manifest.documents
         held_hashes = {record.content_hash for record in held.values()}
         todo, seen = [], set()
         for document in documents:
@@ -190,14 +237,14 @@ class Ingest:
         that fits one transformation are consolidated together, the others one by one."""
         width = self.config.sharding.shards_in_parallel
         if width is None:
-            width = 128 if self.memory._lm.device.type == "cuda" else 1
+            width = self.memory.lm.backend.documents_together
         limit = self.config.consolidation.chunks_per_transformation
 
         def fits_together(shard: int) -> bool:
             documents = self.shards[shard]
             return (
                 len(documents) == 1
-                and store.shard_weights(self.memory.root, self.memory._manifest, shard) is None
+                and store.shard_weights(self.memory.root, self.memory.manifest, shard) is None
                 and len(self._chunk(documents[0])) <= limit
             )
 
@@ -206,7 +253,7 @@ class Ingest:
     def _chunk(self, document: Document) -> list[Chunk]:
         key = (document.id, document.content_hash)
         if key not in self._chunks_of:
-            tokenizer = self.memory._lm.tokenizer
+            tokenizer = self.memory.lm.tokenizer
             self._chunks_of[key] = chunk_document(
                 document.id,
                 document.content_hash,
@@ -271,11 +318,11 @@ class Ingest:
         """Consolidate each of `shards` (fresh, one document each) into its own slot of a
         stacked adapter at once; the weights are copied to the host, and the returned job
         saves each shard's weights under `folder`. Nothing is committed."""
-        config, lm = self.config, self.memory._lm
+        config, lm = self.config, self.memory.lm
         documents = [self.shards[shard][0] for shard in shards]
         chunks = [self._chunk(document) for document in documents]
         rngs = [random.Random(f"{config.seed}:{d.content_hash}") for d in documents]
-        self.memory._active_shard = None  # the adapter is about to hold uncommitted weights
+        self.memory.adapter_holds(None)  # the adapter is about to hold uncommitted weights
         reset_adapter(lm, config.seed)
         outcomes, slots = transform_fresh_documents(lm, chunks, config, rngs)
         folders = [folder / store.shard_dir(shard) for shard in shards]
@@ -302,16 +349,16 @@ class Ingest:
         self.held_chunks.update({chunk.id: chunk for chunk in chunks})
         self.held_items.extend(items)
         documents = {
-            **self.memory._manifest.documents,
+            **self.memory.manifest.documents,
             document.id: _record(document, shard, chunks, items),
         }
-        self.memory._commit(documents, shard, self.held_chunks, self.held_items)
+        self.memory.commit(documents, shard, self.held_chunks, self.held_items)
         self.report.count(document.id, chunks, items)
 
     def _consolidate_shard(self, shard: int, folder: Path) -> ShardResult:
         """Consolidate the shard's planned documents, in order, and save its weights under
         `folder`, committing nothing (a multi-GPU ingest commits every shard at once)."""
-        self.memory._activate(shard)
+        self.memory.activate(shard)
         known_chunks = dict(self.held_chunks)
         shard_items = self._items_of_shard(shard)
         result = ShardResult(shard)
@@ -323,15 +370,15 @@ class Ingest:
                 result.records[document.id] = _record(document, shard, chunks, items)
                 result.chunks.extend(chunks)
                 result.items.extend(items)
-            self.memory._lm.model.save_pretrained(folder / store.shard_dir(shard))
+            self.memory.lm.model.save_pretrained(folder / store.shard_dir(shard))
         finally:
-            self.memory._active_shard = None  # the adapter holds weights not committed
+            self.memory.adapter_holds(None)  # the adapter holds weights not committed
         return result
 
     def _items_of_shard(self, shard: int) -> list[TransferItem]:
         """The held transfer items of `shard`'s committed documents."""
         return items_of_shard(
-            shard, self.held_items, self.held_chunks, self.memory._manifest.documents
+            shard, self.held_items, self.held_chunks, self.memory.manifest.documents
         )
 
     def _consolidate(
@@ -343,14 +390,14 @@ class Ingest:
         items: list[TransferItem] = []
         # A later transformation replays items of this document's earlier chunks too.
         known_chunks = {**held_chunks, **{chunk.id: chunk for chunk in chunks}}
-        lm = self.memory._lm
+        lm = self.memory.lm
         try:
             for group in batches(chunks, config.consolidation.chunks_per_transformation):
                 result = transform(lm, group, held_items + items, known_chunks, config, rng)
                 items.extend(result.selected)
         except BaseException:
             # Nothing of this document was committed: the adapter no longer matches disk.
-            self.memory._active_shard = None
+            self.memory.adapter_holds(None)
             raise
         return chunks, items
 

@@ -17,21 +17,12 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 from .memory import IngestReport, ParametricMemory
+from .method.prompts import FOLLOW_UP_PROMPTS
 
 _OPENED: dict[Path, ParametricMemory] = {}
 _OPEN_LOCK = threading.Lock()
 _MODEL_LOCKS: WeakKeyDictionary[ParametricMemory, threading.RLock] = WeakKeyDictionary()
 
-FOLLOW_UP_PROMPTS = (
-    "{query}",
-    "What do you remember about {topic}?",
-    "List the facts you know about {topic}.",
-    "Summarize what you know about {topic}.",
-    "Which names, numbers and dates do you know about {topic}?",
-    "Explain {topic} in a few sentences.",
-)
-"""Extra phrasings asked (in order) when more than one passage is wanted for a query. The
-first passage is always `memory.recall(query)`."""
 
 
 def resolve_memory(value: Any) -> ParametricMemory:

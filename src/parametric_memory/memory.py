@@ -20,11 +20,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import store
-from .chunking import Chunk
 from .config import MemoryConfig
-from .consolidate import attach_adapter, reset_adapter
-from .documents import Document, make_documents, read_files
-from .elicit import TransferItem
+from .documents import make_documents, read_files
+from .engine.generation import generate, stream
+from .engine.merged_adapter import answering_weights
+from .engine.models import LoadedModel, load_model
 from .errors import (
     CorruptMemoryError,
     DocumentNotFoundError,
@@ -32,18 +32,16 @@ from .errors import (
     InvalidDocumentError,
     MemoryExistsError,
 )
-from .generation import generate, stream
 from .ingest import Ingest, IngestReport
-from .merged_adapter import answering_weights
-from .models import LoadedModel, load_model
+from .method.consolidate import attach_adapter, reset_adapter
+from .method.prompts import PROMPT_VERSION, RECALL_TEMPLATE
+from .method.transformation import retrain
+from .records import Chunk, Document, TransferItem
 from .routing import ShardRouter
 from .sharding import items_of_shard
-from .transformation import retrain
-from .verify import record_problems, records_disagreement
+from .store.verify import record_problems, records_disagreement
 
 logger = logging.getLogger(__name__)
-
-RECALL_TEMPLATE = "Tell me everything you know about {query}."
 
 
 class MemoryInfo(BaseModel):
@@ -99,7 +97,11 @@ class ParametricMemory:
         attach_adapter(lm, config.consolidation, config.seed)
         stamp = store.now()
         manifest = store.Manifest(
-            created_at=stamp, updated_at=stamp, base_model=_model_record(lm), config=config
+            created_at=stamp,
+            updated_at=stamp,
+            base_model=_model_record(lm),
+            config=config,
+            prompt_version=PROMPT_VERSION,
         )
         root.mkdir(parents=True, exist_ok=True)
         with store.write_lock(root):
@@ -223,8 +225,25 @@ class ParametricMemory:
         return self._ingest(read_files(paths), progress)
 
     def _ingest(self, documents: list[Document], progress: bool) -> IngestReport:
+        self._warn_of_other_prompts()
         with self._model_lock, store.write_lock(self.root):
-            return Ingest(self, documents).run(progress)
+            return Ingest(self.writer(), documents).run(progress)
+
+    def _warn_of_other_prompts(self) -> None:
+        held = self._manifest.prompt_version
+        if held != PROMPT_VERSION:
+            logger.warning(
+                "%s holds transfer items elicited with prompt version %d; this library writes "
+                "and retrains with version %d, so old and new documents were taught differently",
+                self.root,
+                held,
+                PROMPT_VERSION,
+            )
+
+    def writer(self) -> _Writer:
+        """The side of this memory an ingest writes through (`ingest.MemoryWriter`). The
+        caller holds the write lock (`store.write_lock`) while it writes."""
+        return _Writer(self)
 
     def _shards(self) -> list[int]:
         return sorted({record.shard for record in self._manifest.documents.values()})
@@ -271,6 +290,7 @@ class ParametricMemory:
     def delete_document(self, document_id: str, *, progress: bool = True) -> None:
         """Remove a document and its influence: its shard's adapter is retrained from scratch
         on the kept transfer items of the shard's other documents, then committed atomically."""
+        self._warn_of_other_prompts()
         with self._model_lock, store.write_lock(self.root):
             chunk_records, item_records = self._refresh()
             if document_id not in self._manifest.documents:
@@ -360,7 +380,7 @@ class ParametricMemory:
         (merged into the base weights on CUDA)."""
         with self._model_lock:
             self._activate(shard)
-            with answering_weights(self._lm.model):
+            with answering_weights(self._lm.model, self._lm.backend.merged_answers):
                 yield
 
     def _router(self) -> ShardRouter:
@@ -384,6 +404,57 @@ class ParametricMemory:
     def model(self) -> LoadedModel:
         """The base model with the memory's adapter (for integrations and benchmarks)."""
         return self._lm
+
+
+class _Writer:
+    """`ingest.MemoryWriter` over a `ParametricMemory`: the few things an ingest may do to
+    the memory it writes into."""
+
+    def __init__(self, memory: ParametricMemory) -> None:
+        self._memory = memory
+
+    @property
+    def root(self) -> Path:
+        return self._memory.root
+
+    @property
+    def manifest(self) -> store.Manifest:
+        return self._memory._manifest
+
+    @property
+    def lm(self) -> LoadedModel:
+        return self._memory._lm
+
+    def refresh(self, *, writer: bool = True) -> tuple[list[Chunk], list[TransferItem]]:
+        return self._memory._refresh(writer=writer)
+
+    def activate(self, shard: int) -> None:
+        self._memory._activate(shard)
+
+    def adapter_holds(self, shard: int | None) -> None:
+        self._memory._active_shard = shard
+
+    def commit(
+        self,
+        documents: dict[str, store.DocumentRecord],
+        changed_shard: int | None,
+        chunks: dict[str, Chunk],
+        items: list[TransferItem],
+    ) -> None:
+        self._memory._commit(documents, changed_shard, chunks, items)
+
+    def commit_state(
+        self,
+        documents: dict[str, store.DocumentRecord],
+        changed_shards: set[int],
+        write_state: Callable[[Path], None],
+    ) -> None:
+        self._memory._commit_state(documents, changed_shards, write_state)
+
+    def write_records(
+        self, folder: Path, chunks: dict[str, Chunk], items: list[TransferItem]
+    ) -> None:
+        self._memory._write_records(folder, chunks, items)
 
 
 def _check_query(text: object, label: str) -> None:

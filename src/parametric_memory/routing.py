@@ -15,7 +15,7 @@ from types import ModuleType
 import numpy as np
 import Stemmer
 
-from .chunking import Chunk
+from .records import Chunk
 
 _STOPWORDS = "en"
 _STEMMER = Stemmer.Stemmer("english")

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from .chunking import Chunk
-from .documents import Document
-from .elicit import TransferItem
+from .records import Chunk, Document, TransferItem
 from .store import DocumentRecord
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 
 from parametric_memory import MemoryConfig
-from parametric_memory.adapter_files import adapter_config_json, write_adapter
-from parametric_memory.adapter_slots import AdapterSlots
-from parametric_memory.consolidate import attach_adapter
-from parametric_memory.models import load_model
+from parametric_memory.engine.adapter_files import adapter_config_json, write_adapter
+from parametric_memory.engine.adapter_slots import AdapterSlots
+from parametric_memory.engine.models import load_model
+from parametric_memory.method.consolidate import attach_adapter
 
 SHARDS = 32
 

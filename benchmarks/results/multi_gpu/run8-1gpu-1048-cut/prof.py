@@ -11,14 +11,20 @@ from common import load_documents
 from quality import sample_documents
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from parametric_memory import MemoryConfig, slot_training
-from parametric_memory.adapter_slots import AdapterSlots
-from parametric_memory.chunking import chunk_document
-from parametric_memory.consolidate import attach_adapter, training_batches
-from parametric_memory.distillation import compute_teacher_targets, student_nll, tokenize_items
-from parametric_memory.elicit import elicit_transfer_set
-from parametric_memory.models import load_model
-from parametric_memory.slot_training import SlotAdamW, _slot_losses
+from parametric_memory import MemoryConfig
+from parametric_memory.engine import slot_training
+from parametric_memory.engine.adapter_slots import AdapterSlots
+from parametric_memory.engine.models import load_model
+from parametric_memory.engine.slot_training import SlotAdamW, _slot_losses
+from parametric_memory.method.chunking import chunk_document
+from parametric_memory.method.consolidate import attach_adapter
+from parametric_memory.method.distillation import (
+    compute_teacher_targets,
+    student_nll,
+    tokenize_items,
+)
+from parametric_memory.method.elicit import elicit_transfer_set
+from parametric_memory.schedule import training_batches
 
 PASS_TOKENS = 131_072
 

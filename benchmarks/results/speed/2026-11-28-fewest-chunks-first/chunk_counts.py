@@ -13,8 +13,8 @@ from collections import Counter
 
 from transformers import AutoTokenizer
 
-from parametric_memory.chunking import chunk_document
-from parametric_memory.models import converted_default_model
+from parametric_memory.engine.models import converted_default_model
+from parametric_memory.method.chunking import chunk_document
 
 GROUP = 128
 

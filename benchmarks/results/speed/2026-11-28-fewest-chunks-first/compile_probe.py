@@ -16,15 +16,15 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from parametric_memory import slot_training
-from parametric_memory.adapter_slots import AdapterSlots
 from parametric_memory.config import ConsolidationConfig
-from parametric_memory.consolidate import attach_adapter
-from parametric_memory.distillation import Example, topk_kl_per_token
-from parametric_memory.elicit import TransferItem
-from parametric_memory.fast_distillation import collate
-from parametric_memory.fused_kernels import use_fused_kernels
-from parametric_memory.models import LoadedModel
+from parametric_memory.engine import slot_training
+from parametric_memory.engine.adapter_slots import AdapterSlots
+from parametric_memory.engine.fast_distillation import collate
+from parametric_memory.engine.fused_kernels import use_fused_kernels
+from parametric_memory.engine.models import LoadedModel
+from parametric_memory.losses import topk_kl_per_token
+from parametric_memory.method.consolidate import attach_adapter
+from parametric_memory.records import Example, TransferItem
 
 SHAPES = {
     "tiny": (

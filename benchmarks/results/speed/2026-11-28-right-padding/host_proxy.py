@@ -15,10 +15,10 @@ from test_fast_generation import random_examples
 from torch.profiler import ProfilerActivity, profile
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from parametric_memory.adapter_slots import AdapterSlots
-from parametric_memory.fast_distillation import collate, student_kl_loss
-from parametric_memory.models import LoadedModel
-from parametric_memory.slot_training import _step_losses
+from parametric_memory.engine.adapter_slots import AdapterSlots
+from parametric_memory.engine.fast_distillation import collate, student_kl_loss
+from parametric_memory.engine.models import LoadedModel
+from parametric_memory.engine.slot_training import _step_losses
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

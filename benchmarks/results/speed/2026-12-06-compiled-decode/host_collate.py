@@ -8,7 +8,7 @@ import time
 import torch
 from speed import Sizes, build_model, random_example
 
-from parametric_memory.fast_distillation import _StaticStep, collate
+from parametric_memory.engine.fast_distillation import _StaticStep, collate
 
 
 def milliseconds(function) -> float:

@@ -13,9 +13,9 @@ import torch
 from speed import PAD, Sizes, build_model, random_example, step_flops, with_lora
 from torch.profiler import ProfilerActivity, profile
 
-from parametric_memory import fast_distillation
-from parametric_memory.fast_distillation import collate, train_step
-from parametric_memory.fused_kernels import use_fused_kernels
+from parametric_memory.engine import fast_distillation
+from parametric_memory.engine.fast_distillation import collate, train_step
+from parametric_memory.engine.fused_kernels import use_fused_kernels
 
 KINDS = {
     "gemm": ("gemm", "nvjet", "sm90_xmma", "cutlass", "gemv", "ampere_", "sm80_"),

@@ -43,8 +43,8 @@ from speed import (
 from torch.autograd.function import once_differentiable
 from torch.profiler import ProfilerActivity, profile
 
-from parametric_memory import fast_generation, fused_kernels, student_lora
-from parametric_memory.fast_distillation import collate, train_step
+from parametric_memory.engine import fast_generation, fused_kernels, student_lora
+from parametric_memory.engine.fast_distillation import collate, train_step
 
 PEAK = 989.0
 

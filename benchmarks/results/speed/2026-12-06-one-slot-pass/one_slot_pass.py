@@ -11,12 +11,11 @@ import time
 import torch
 
 from parametric_memory import MemoryConfig
-from parametric_memory.adapter_slots import AdapterSlots
-from parametric_memory.consolidate import attach_adapter
-from parametric_memory.distillation import Example
-from parametric_memory.elicit import TransferItem
-from parametric_memory.models import load_model
-from parametric_memory.slot_training import _row_kl_sums
+from parametric_memory.engine.adapter_slots import AdapterSlots
+from parametric_memory.engine.models import load_model
+from parametric_memory.engine.slot_training import _row_kl_sums
+from parametric_memory.method.consolidate import attach_adapter
+from parametric_memory.records import Example, TransferItem
 
 
 def random_rows(vocab: int, count: int, rng: random.Random) -> list[Example]:

@@ -15,10 +15,10 @@ from test_consolidate import student
 from test_fast_generation import random_examples
 from tiny_model import build_talking_tiny_model
 
-from parametric_memory.adapter_slots import AdapterSlots
 from parametric_memory.config import ConsolidationConfig
-from parametric_memory.consolidate import training_batches
-from parametric_memory.slot_training import _train_steps
+from parametric_memory.engine.adapter_slots import AdapterSlots
+from parametric_memory.engine.slot_training import _train_steps
+from parametric_memory.schedule import training_batches
 
 seen = {}
 

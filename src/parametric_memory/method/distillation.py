@@ -5,46 +5,30 @@ loss of the student (adapter active, no chunk) against them."""
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .answer_positions import answer_mask, answer_positions, logits_at, right_padded
-from .chunking import Chunk
-from .elicit import TransferItem
-from .generation import adapter_disabled, chat_parts, encode_markup, encode_prompts, encode_texts
-from .host_copies import to_device
-from .models import LoadedModel, cache_keyword, returned_cache
+from ..engine import (
+    LoadedModel,
+    adapter_disabled,
+    answer_mask,
+    answer_positions,
+    cache_keyword,
+    chat_parts,
+    encode_markup,
+    encode_prompts,
+    encode_texts,
+    logits_at,
+    returned_cache,
+    right_padded,
+    to_device,
+)
+from ..records import Chunk, Example, TransferItem, batches
 from .prompts import teacher_prompt
 
 _EPS = 1e-8
-
-
-@dataclass
-class Example:
-    """One transfer item, tokenised for both sides, with its teacher targets."""
-
-    item: TransferItem
-    student_ids: list[int]
-    teacher_prefix_ids: list[int]
-    """The teacher's prompt up to and including the chunk: shared by all of a chunk's items,
-    so its KV cache is computed once per chunk."""
-    teacher_suffix_ids: list[int]
-    answer_len: int
-    """Answer tokens (including the end token) at the end of student and suffix ids."""
-
-    @property
-    def teacher_ids(self) -> list[int]:
-        return self.teacher_prefix_ids + self.teacher_suffix_ids
-
-    topk_ids: torch.Tensor | None = None
-    """[answer_len, k] token ids of the teacher's top-k at each answer position (CPU)."""
-    topk_logprobs: torch.Tensor | None = None
-    """[answer_len, k] teacher log-probabilities of those tokens (CPU, float32)."""
-    teacher_nll: float | None = None
-    """Mean NLL of the answer under the teacher, nats per token."""
 
 
 def tokenize_items(
@@ -132,7 +116,7 @@ def compute_teacher_targets(
     passages on an H200: 36 forward passes, 3.6 s of CPU for 0.64 s of GPU).
     """
     if share_chunk_cache is None:
-        share_chunk_cache = lm.device.type != "cuda"
+        share_chunk_cache = lm.backend.teacher_shares_chunk_cache
     # Every batch is queued before any result comes back to the host: a copy back per batch
     # would leave the GPU idle while the host prepares the next one.
     computed: list[tuple[list[Example], _Targets]] = []
@@ -242,39 +226,3 @@ def student_nll(lm: LoadedModel, examples: list[Example], batch_size: int) -> li
     return result
 
 
-def topk_kl_loss(
-    student_logits: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_logprobs: torch.Tensor,
-    mask: torch.Tensor,
-) -> torch.Tensor:
-    """KL(teacher ‖ student) per answer token, averaged over unmasked tokens."""
-    per_token = topk_kl_per_token(student_logits, topk_ids, topk_logprobs) * mask
-    return per_token.sum() / mask.sum().clamp(min=1)
-
-
-def topk_kl_per_token(
-    student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor
-) -> torch.Tensor:
-    """KL(teacher ‖ student) at each position.
-
-    The teacher is known on its top-k tokens plus one "tail" bucket holding the rest of its
-    mass; the student's distribution is folded into the same k+1 buckets. With k equal to the
-    vocabulary this is the exact KL.
-    """
-    # dtype= reads the (bfloat16) logits into a float32 softmax in one kernel, and its backward
-    # writes the logits' gradient in their dtype: no float32 copy of every logit each way.
-    student_logprobs = torch.log_softmax(student_logits, dim=-1, dtype=torch.float32)
-    student_top = student_logprobs.gather(-1, topk_ids)
-    teacher_top = topk_logprobs.float()
-    teacher_p = teacher_top.exp()
-    teacher_tail = (1.0 - teacher_p.sum(-1)).clamp(min=0.0)
-    student_tail = (1.0 - student_top.exp().sum(-1)).clamp(min=_EPS)
-    kl_top = (teacher_p * (teacher_top - student_top)).sum(-1)
-    kl_tail = teacher_tail * (teacher_tail.clamp(min=_EPS).log() - student_tail.log())
-    return kl_top + kl_tail
-
-
-def batches(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -17,7 +17,6 @@ the branch: no gain for an answer of that length.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 
 import torch
@@ -27,26 +26,23 @@ from torch import nn
 
 from .generation import adapter_disabled
 
-MERGED_ANSWERS_ENV = "PARAMETRIC_MEMORY_MERGED_ANSWERS"
-"""Set to 0 to answer through the unmerged LoRA branch."""
 _MAX_SAVED_BYTES = 2 << 30
 """Most base-weight bytes copied aside on the device to merge (the default model's adapted
 layers: 0.2 GB in bfloat16); a larger model answers through the unmerged branch instead."""
 
 
-def answering_weights(model: nn.Module) -> contextlib.AbstractContextManager:
-    """The weights the engine answers with: `merged_adapter` on CUDA, the LoRA branch as it
-    is elsewhere."""
-    on_cuda = next(model.parameters()).device.type == "cuda"
-    return merged_adapter(model) if on_cuda else contextlib.nullcontext()
+def answering_weights(model: nn.Module, merge: bool) -> contextlib.AbstractContextManager:
+    """The weights the engine answers with: `merged_adapter` where the backend merges
+    (`Backend.merged_answers`), the LoRA branch as it is elsewhere."""
+    return merged_adapter(model) if merge else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
 def merged_adapter(model: nn.Module) -> Iterator[None]:
     """Inside, `model` computes with its active LoRA adapter folded into its base weights (and
     the LoRA branch switched off); outside, it is exactly as before. Where merging does not
-    apply (no adapter, adapter off, several adapters, DoRA, non-linear layers, training, too
-    large, or $PARAMETRIC_MEMORY_MERGED_ANSWERS=0) the model is used as it is."""
+    apply (no adapter, adapter off, several adapters, DoRA, non-linear layers, training, or too
+    large) the model is used as it is."""
     layers = _mergeable_layers(model)
     if not layers:
         yield
@@ -67,7 +63,7 @@ def merged_adapter(model: nn.Module) -> Iterator[None]:
 
 
 def _mergeable_layers(model: nn.Module) -> list[LoraLinear]:
-    if os.environ.get(MERGED_ANSWERS_ENV, "1") == "0" or model.training:
+    if model.training:
         return []
     layers = [module for module in model.modules() if isinstance(module, LoraLayer)]
     if not layers or not all(_mergeable(layer) for layer in layers):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from .elicit import TransferItem
+from ..records import TransferItem
 
 
 def replay_count(new_items: int, held_items: int, replay_ratio: float) -> int:

@@ -13,12 +13,29 @@ from dataclasses import dataclass
 
 from .chunking import split_sentences
 
+PROMPT_VERSION = 1
+"""Stamped into every manifest. Bump it with any change to the text below, or to the plain
+chat layout of `engine.generation` (used where a tokenizer has none): a memory's transfer
+items were written, and are retrained on `forget`, under the prompts of its version."""
+
 TEACHER_TEMPLATE = "Read this text:\n\n{chunk}\n\n{prompt}"
 QUESTION_WRITER_PROMPT = (
     "Write one question about a specific fact (a name, number, date or place) in this sentence "
     'of the text: "{sentence}" Write only the question.'
 )
 BLANK = "____"
+RECALL_TEMPLATE = "Tell me everything you know about {query}."
+"""What `ParametricMemory.recall` asks the memory (no text in the prompt) to write out."""
+FOLLOW_UP_PROMPTS = (
+    "{query}",
+    "What do you remember about {topic}?",
+    "List the facts you know about {topic}.",
+    "Summarize what you know about {topic}.",
+    "Which names, numbers and dates do you know about {topic}?",
+    "Explain {topic} in a few sentences.",
+)
+"""Extra phrasings asked (in order) when more than one passage is wanted for a query. The
+first passage is always `memory.recall(query)`."""
 
 _CAPITALISED = re.compile(r"\b[A-Z][\w'’-]*(?:\s+(?:of|the|de|van|von|and|&)?\s*[A-Z][\w'’-]*)*")
 _NUMBER = re.compile(r"\b\d[\d,.:/%-]*\b(?:\s+(?:percent|per cent|[a-z]+s))?")

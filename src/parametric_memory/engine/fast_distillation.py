@@ -36,9 +36,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .answer_positions import answer_mask, answer_positions, logits_at, right_padded
-from .config import ConsolidationConfig
-from .distillation import Example, topk_kl_loss
+from ..config import ConsolidationConfig
+from ..losses import topk_kl_loss
+from ..records import Example
+from .answer_indexing import answer_mask, answer_positions, logits_at, right_padded
 from .host_copies import copy_into, to_device
 from .models import LoadedModel
 from .optimizer import capturable_adamw, clip_and_step, reset_state

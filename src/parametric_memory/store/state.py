@@ -32,16 +32,15 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ._version import __version__
-from .chunking import Chunk
-from .config import MemoryConfig
-from .elicit import TransferItem
-from .errors import (
+from .._version import __version__
+from ..config import MemoryConfig
+from ..errors import (
     CorruptMemoryError,
     IncompatibleMemoryError,
     MemoryLockedError,
     MemoryNotFoundError,
 )
+from ..records import Chunk, TransferItem
 
 SCHEMA_VERSION = 2
 MANIFEST_FILE = "manifest.json"
@@ -80,6 +79,9 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     schema_version: int = SCHEMA_VERSION
     library_version: str = __version__
+    prompt_version: int = 1
+    """The version of the transfer prompts the memory's items were elicited with
+    (`method.prompts.PROMPT_VERSION`); manifests older than the field were made with 1."""
     created_at: str
     updated_at: str
     base_model: BaseModelRecord

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from ..records import Chunk
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 
@@ -66,15 +67,6 @@ def _cut_chars(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -
     return _cut_chars(text[:middle], max_tokens, count_tokens) + _cut_chars(
         text[middle:], max_tokens, count_tokens
     )
-
-
-@dataclass(frozen=True)
-class Chunk:
-    id: str
-    document_id: str
-    index: int
-    text: str
-    tokens: int
 
 
 def chunk_document(

@@ -8,24 +8,11 @@ the teacher (the base model with the chunk in its prompt), batched across chunks
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from .chunking import Chunk
-from .config import ElicitationConfig
-from .generation import adapter_disabled, generate
-from .models import LoadedModel
+from ..config import ElicitationConfig
+from ..engine import LoadedModel, adapter_disabled, generate
+from ..records import Chunk, TransferItem
 from .prompts import PlannedPrompt, parse_written_question, plan_prompts, teacher_prompt
-
-
-@dataclass
-class TransferItem:
-    chunk_id: str
-    kind: str
-    prompt: str
-    """What the student sees (no chunk)."""
-    answer: str
-    perplexity_gap: float | None = None
-    """Mean answer NLL without the chunk minus with it (nats/token); set by selection."""
 
 
 def elicit_transfer_set(

@@ -10,8 +10,8 @@ from test_consolidate import CUDA, no_host_syncs
 from test_fast_generation import PAD, load, model_dir, with_lora  # noqa: F401
 from transformers import Gemma2Config, Gemma2ForCausalLM
 
-from parametric_memory.answer_positions import answer_mask, answer_positions, logits_at
-from parametric_memory.distillation import answer_logits
+from parametric_memory.engine.answer_indexing import answer_mask, answer_positions, logits_at
+from parametric_memory.method.distillation import answer_logits
 
 SEQUENCES = [[5, 9, 14, 3, 7, 11], [8, 4], [12, 6, 10, 13, 15, 5, 9, 21, 30], [7, 7, 7]]
 ANSWER_LENS = [2, 1, 4, 2]

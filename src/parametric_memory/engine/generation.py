@@ -10,7 +10,6 @@ the tokens `model.generate` gives; elsewhere, and for models it does not cover,
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator, Sequence
 from threading import Thread
 
@@ -22,7 +21,6 @@ from .models import LoadedModel
 
 _PLAIN_TEMPLATE = "Question: {user}\nAnswer:"
 _USER_SLOT = "\u2063USER-TURN\u2063"
-FAST_DECODE_ENV = "PARAMETRIC_MEMORY_FAST_DECODE"
 """Set to 0 to decode with `model.generate` on CUDA too."""
 
 
@@ -138,9 +136,7 @@ def _use_fast_decode(lm: LoadedModel) -> bool:
     # On a CPU the step is compute-bound and `generate`'s overhead small: the fast path was
     # measured no faster there (SmolLM2-135M shape, batch 16, 300+64 tokens: 35 vs 37 tok/s),
     # so `generate` stays the CPU path.
-    if os.environ.get(FAST_DECODE_ENV, "1") == "0":
-        return False
-    return lm.device.type == "cuda" and supports_fast_decode(lm.model)
+    return lm.backend.fast_decode and supports_fast_decode(lm.model)
 
 
 def stream(lm: LoadedModel, user: str, max_new_tokens: int) -> Iterator[str]:

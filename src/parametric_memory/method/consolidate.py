@@ -10,29 +10,26 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from .config import ConsolidationConfig
-from .distillation import Example, batches
-from .errors import ModelLoadError, TrainingDivergedError
-from .fast_distillation import collate, graphed_trainer, student_kl_loss
-from .models import LoadedModel
-from .optimizer import capturable_adamw, clip_and_step, set_learning_rate, warmup_then_linear_decay
+from ..config import ConsolidationConfig
+from ..engine import (
+    LoadedModel,
+    capturable_adamw,
+    clip_and_step,
+    collate,
+    graphed_trainer,
+    set_learning_rate,
+    student_kl_loss,
+)
+from ..errors import ModelLoadError, TrainingDivergedError
+from ..records import Example, TrainingStats
+from ..schedule import training_batches, warmup_then_linear_decay
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainingStats:
-    steps: int
-    first_loss: float
-    last_loss: float
-    skipped_steps: int = 0
-    """Steps whose gradient was not finite: the optimiser left the weights as they were."""
 
 
 def attach_adapter(lm: LoadedModel, config: ConsolidationConfig, seed: int) -> None:
@@ -98,23 +95,6 @@ def train_student(
     return stats
 
 
-def training_batches(
-    examples: list[Example], config: ConsolidationConfig, rng: random.Random
-) -> list[list[Example]]:
-    """Every epoch's batches, in training order (see `length_grouped_batches`)."""
-    plan: list[list[Example]] = []
-    for epoch in range(config.epochs):
-        order = examples[:]
-        rng.shuffle(order)
-        if not config.length_grouped_batches:
-            plan.extend(batches(order, config.batch_size))
-            continue
-        order.sort(key=lambda example: len(example.student_ids))  # stable: random among equals
-        grouped = list(batches(order, config.batch_size))
-        plan.extend(grouped if epoch % 2 == 0 else grouped[::-1])
-    return plan
-
-
 StudentStep = Callable[[list[Example]], tuple[torch.Tensor, torch.Tensor]]
 """One optimiser step on a batch; returns the loss and 1.0 if the step was skipped (device
 tensors, no host sync)."""
@@ -123,9 +103,10 @@ tensors, no host sync)."""
 def _student_step(
     lm: LoadedModel, params: list[torch.nn.Parameter], config: ConsolidationConfig
 ) -> tuple[torch.optim.Optimizer, StudentStep]:
-    """On CUDA, the model's graphed trainer (graphs kept from earlier transformations,
-    optimiser reset to fresh); elsewhere a fresh fused AdamW stepping eagerly."""
-    if lm.device.type == "cuda":
+    """Where the backend graphs training, the model's graphed trainer (graphs kept from
+    earlier transformations, optimiser reset to fresh); elsewhere a fresh fused AdamW
+    stepping eagerly."""
+    if lm.backend.graphed_training:
         trainer = graphed_trainer(lm, params, config)
         return trainer.optimizer, trainer.step
     optimizer = capturable_adamw(params, config.learning_rate, lm.device)

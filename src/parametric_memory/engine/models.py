@@ -19,8 +19,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
 
-from .config import MemoryConfig
-from .errors import ModelLoadError
+from ..config import MemoryConfig
+from ..errors import ModelLoadError
+from .backend import Backend, choose_backend
 from .fused_kernels import use_fused_kernels
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,12 @@ class LoadedModel:
     fingerprint: str
     """Hash of the architecture and a sample of the weights: identifies the base model
     whatever path or id it was loaded from."""
+    backend: Backend | None = None
+    """How the engine runs this model; chosen from the device when not given."""
+
+    def __post_init__(self) -> None:
+        if self.backend is None:
+            self.backend = choose_backend(self.device)
 
     @property
     def device(self) -> torch.device:
@@ -142,10 +149,12 @@ def load_model(config: MemoryConfig) -> LoadedModel:
         raise ModelLoadError(f"cannot load model {config.model!r}: {error}") from None
     model.to(device).eval()
     model.requires_grad_(False)
-    use_fused_kernels(model)
+    backend = choose_backend(device, config.engine)
+    if backend.fused_kernels:
+        use_fused_kernels(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(model, tokenizer, config.model, model_fingerprint(model))
+    return LoadedModel(model, tokenizer, config.model, model_fingerprint(model), backend)
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator
 from types import MethodType
@@ -29,8 +28,6 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-FUSED_KERNELS_ENV = "PARAMETRIC_MEMORY_FUSED_KERNELS"
-"""Set to 0 to keep transformers' own RMSNorm and MLP code on CUDA."""
 _SUPPORTED_MODEL_TYPES = frozenset({"llama"})
 """Measured on; other RMSNorm + SwiGLU architectures would likely work but are untested."""
 _SWIGLU_ACTIVATIONS = frozenset({"silu", "swish"})
@@ -44,12 +41,11 @@ def fused_kernels_available() -> bool:
 
 def use_fused_kernels(model: nn.Module) -> int:
     """Swap Liger's kernels into `model`'s RMSNorm, gated-MLP and attention modules when it is a
-    supported architecture on CUDA, Liger is installed and $PARAMETRIC_MEMORY_FUSED_KERNELS is
-    not 0. Returns how many modules now use them."""
+    supported architecture on CUDA and Liger is installed (the CUDA backend calls it unless
+    `EngineConfig.fused_kernels` is off). Returns how many modules now use them."""
     config = getattr(model, "config", None)
     if (
-        os.environ.get(FUSED_KERNELS_ENV, "1") == "0"
-        or config is None
+        config is None
         or getattr(config, "model_type", None) not in _SUPPORTED_MODEL_TYPES
         or next(model.parameters()).device.type != "cuda"
         or not fused_kernels_available()

@@ -12,17 +12,14 @@ from dataclasses import dataclass, replace
 
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .adapter_slots import AdapterSlots
-from .chunking import Chunk
-from .config import MemoryConfig
-from .consolidate import TrainingStats, train_student
-from .distillation import Example, compute_teacher_targets, student_nll, tokenize_items
-from .elicit import TransferItem, elicit_transfer_set
-from .generation import adapter_disabled
-from .models import LoadedModel
+from ..config import MemoryConfig
+from ..engine import AdapterSlots, LoadedModel, adapter_disabled, train_slots
+from ..records import Chunk, Example, TrainingStats, TransferItem
+from .consolidate import train_student
+from .distillation import compute_teacher_targets, student_nll, tokenize_items
+from .elicit import elicit_transfer_set
 from .replay import sample_replay
 from .select import select_items
-from .slot_training import train_slots
 
 logger = logging.getLogger(__name__)
 

@@ -48,15 +48,3 @@ def reset_state(optimizer: torch.optim.Optimizer) -> None:
             value.zero_()
 
 
-def warmup_then_linear_decay(total_steps: int, warmup_ratio: float):
-    """The learning-rate factor of each step: linear warm-up, then linear decay to zero."""
-    # A fresh AdamW moves every weight by ~lr on its first steps whatever the gradient; without
-    # warm-up those kicks, repeated at every transformation, make a streamed adapter drift.
-    warmup = max(1, round(warmup_ratio * total_steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return factor

@@ -10,8 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .config import SelectionConfig
-from .elicit import TransferItem
+from ..config import SelectionConfig
+from ..records import TransferItem
 
 _BOILERPLATE = re.compile(
     r"^(i'?ll help|i can help|sure[,!]|certainly|as an ai|i'?m sorry|i cannot|i can'?t|"

@@ -14,15 +14,15 @@ from collections.abc import Sequence
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..config import ConsolidationConfig
+from ..errors import TrainingDivergedError
+from ..losses import topk_kl_per_token
+from ..records import Example, TrainingStats
+from ..schedule import training_batches, warmup_then_linear_decay
 from .adapter_slots import AdapterSlots
-from .config import ConsolidationConfig
-from .consolidate import TrainingStats, training_batches
-from .distillation import Example, topk_kl_per_token
-from .errors import TrainingDivergedError
 from .fast_distillation import answer_position_logits, collate
 from .host_copies import to_device
 from .models import LoadedModel
-from .optimizer import warmup_then_linear_decay
 
 logger = logging.getLogger(__name__)
 

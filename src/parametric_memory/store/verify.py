@@ -9,10 +9,9 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from . import store
-from .chunking import Chunk
-from .elicit import TransferItem
-from .errors import MemoryNotFoundError, ParametricMemoryError
+from .. import store
+from ..errors import MemoryNotFoundError, ParametricMemoryError
+from ..records import Chunk, TransferItem
 
 
 def verify_memory(path: str | Path) -> list[str]:
