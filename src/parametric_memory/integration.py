@@ -1,19 +1,26 @@
 """Helpers for framework integrations (LangChain, LlamaIndex), over the public
 `ParametricMemory` API only: opening a memory once per process, serialising model use on
-one memory, streaming without holding the lock across yields, and recalling several
-passages for one query."""
+one memory, streaming without holding the lock across yields, recalling several passages
+for one query, and turning chat messages into the memory's question or into a transcript.
+
+The message helpers work on plain data, "turns": (role, text) pairs whose role is "system",
+"user", "assistant" or "tool" (`chat_role` maps a framework's role names); each integration
+converts its own message types to turns in a one-line adapter."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import queue
+import re
 import threading
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 from weakref import WeakKeyDictionary
 
 from .memory import IngestReport, ParametricMemory
@@ -23,6 +30,10 @@ _OPENED: dict[Path, ParametricMemory] = {}
 _OPEN_LOCK = threading.Lock()
 _MODEL_LOCKS: WeakKeyDictionary[ParametricMemory, threading.RLock] = WeakKeyDictionary()
 
+T = TypeVar("T")
+Role = Literal["system", "user", "assistant", "tool"]
+Turn = tuple[str, str]
+"""(role, text) of one chat message; role is one of `Role`."""
 
 
 def resolve_memory(value: Any) -> ParametricMemory:
@@ -50,6 +61,19 @@ def model_lock(memory: ParametricMemory) -> threading.RLock:
         if lock is None:
             lock = _MODEL_LOCKS[memory] = threading.RLock()
         return lock
+
+
+def ask(memory: ParametricMemory, question: str, max_new_tokens: int) -> str:
+    """`memory.ask(question)` under the memory's model lock."""
+    with model_lock(memory):
+        return memory.ask(question, max_new_tokens=max_new_tokens)
+
+
+async def aiterate(iterator: Iterator[T]) -> AsyncIterator[T]:
+    """Drive a blocking iterator from worker threads, one item at a time."""
+    end = object()
+    while (item := await asyncio.to_thread(next, iterator, end)) is not end:
+        yield item  # type: ignore[misc]
 
 
 class ConversationQueue:
@@ -203,3 +227,76 @@ def passage_metadata(memory: ParametricMemory, passage: Passage) -> dict[str, An
         "kind": passage.kind,
         "prompt": passage.prompt,
     }
+
+
+# --- chat messages, as (role, text) turns ----------------------------------------------
+_ROLES: dict[str, Role] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "ai": "assistant",
+}
+_SPEAKERS = {"user": "User", "assistant": "Assistant"}
+
+
+def chat_role(name: str) -> Role:
+    """The role of a framework's role name: system/developer, user/human, assistant/ai;
+    any other name (tool results, function calls, ...) is "tool"."""
+    return _ROLES.get(name, "tool")
+
+
+def messages_to_question(
+    turns: Sequence[Turn],
+    *,
+    history_turns: int = 2,
+    include_system: bool = True,
+    caller: str = "the memory",
+) -> str:
+    """One question for the memory: the last user turn, preceded (only when there is
+    something to add) by the system text and up to `history_turns` earlier exchanges, each
+    shortened. A lone user turn is passed through unchanged, which is the layout the memory
+    was trained on. Without a user turn, the last turn with text is the question."""
+    texts = [(role, text.strip()) for role, text in turns if text.strip()]
+    if not texts:
+        raise ValueError(f"{caller} needs at least one message with text")
+    convo = [(role, text) for role, text in texts if role in _SPEAKERS]
+    last = max((i for i, (role, _) in enumerate(convo) if role == "user"), default=None)
+    if last is None:
+        question, earlier = texts[-1][1], []
+    else:
+        question = convo[last][1]
+        earlier = convo[:last][-2 * history_turns :] if history_turns > 0 else []
+    system = [text for role, text in texts if role == "system"] if include_system else []
+    parts = ["\n".join(dict.fromkeys(system))] if system else []
+    if earlier:
+        lines = [f"{_SPEAKERS[role]}: {_shorten(text, 300)}" for role, text in earlier]
+        parts.append("Earlier in this conversation:\n" + "\n".join(lines))
+    return "\n\n".join([*parts, question])
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def transcript(turns: Sequence[Turn], roles: Collection[str] = ("user", "assistant")) -> str:
+    """The user and assistant turns (those of `roles`) as plain text ("User: ..." /
+    "Assistant: ..."), cleaned by `clean_text`; turns left without text are dropped."""
+    kept = [(role, clean_text(text)) for role, text in turns if role in _SPEAKERS and role in roles]
+    return "\n".join(f"{_SPEAKERS[role]}: {text}" for role, text in kept if text)
+
+
+def clean_text(text: str) -> str:
+    """`text` without control characters other than newlines and tabs (the memory refuses
+    documents that contain them), without spaces before line ends, stripped."""
+    text = "".join(ch for ch in text if ch in "\n\t" or unicodedata.category(ch) != "Cc")
+    return re.sub(r"[ \t]+\n", "\n", text).strip()
+
+
+def last_user_text(turns: Sequence[Turn]) -> str:
+    """The text of the last user turn with text, stripped ("" when there is none)."""
+    for role, text in reversed(turns):
+        if role == "user" and text.strip():
+            return text.strip()
+    return ""

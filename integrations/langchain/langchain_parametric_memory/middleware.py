@@ -12,12 +12,12 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
-from langchain_core.messages import AnyMessage, BaseMessage, SystemMessage
+from langchain_core.messages import BaseMessage, SystemMessage
 
 from parametric_memory import IngestReport, ParametricMemory
 from parametric_memory.integration import ConversationQueue
 
-from ._memory import clean_text, resolve_memory, transcript
+from ._memory import clean_text, last_human_text, resolve_memory, transcript
 from .tools import create_parametric_memory_tool
 
 try:
@@ -116,7 +116,7 @@ class ParametricMemoryMiddleware(AgentMiddleware):
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
     ) -> Any:
-        query = _last_human_text(request.messages) if self.recall else ""
+        query = last_human_text(request.messages) if self.recall else ""
         if query:
             request = self._with_recollection(request, self.recollect(query))
         return handler(request)
@@ -124,7 +124,7 @@ class ParametricMemoryMiddleware(AgentMiddleware):
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> Any:
-        query = _last_human_text(request.messages) if self.recall else ""
+        query = last_human_text(request.messages) if self.recall else ""
         if query:
             text = await asyncio.to_thread(self.recollect, query)
             request = self._with_recollection(request, text)
@@ -172,10 +172,3 @@ class ParametricMemoryMiddleware(AgentMiddleware):
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _last_human_text(messages: Sequence[AnyMessage]) -> str:
-    for message in reversed(messages):
-        if message.type == "human" and message.text.strip():
-            return message.text.strip()
-    return ""

@@ -14,8 +14,8 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import TextNode
 from llama_index.ingestion.parametric_memory import ParametricMemoryTransform
 from llama_index.llms.parametric_memory import ParametricMemoryLLM
+from llama_index.llms.parametric_memory.base import messages_to_question
 from llama_index.memory.parametric_memory import ParametricMemoryBlock
-from llama_index.memory.parametric_memory._shared import messages_to_question
 from llama_index.query_engine.parametric_memory import ParametricMemoryQueryEngine
 from llama_index.retrievers.parametric_memory import ParametricMemoryRetriever
 

@@ -11,11 +11,11 @@ from typing import Any, Literal
 
 from llama_index.core.bridge.pydantic import Field, field_validator
 from llama_index.core.schema import BaseNode, MetadataMode, TransformComponent
-from llama_index.memory.parametric_memory._shared import model_lock, resolve_memory
 from pydantic import computed_field
 
 from parametric_memory import IngestReport, InvalidDocumentError, ParametricMemory
 from parametric_memory.documents import content_hash, validate_text
+from parametric_memory.integration import model_lock, resolve_memory
 
 logger = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ answering from its weights (the prompt is the whole question: no retrieved conte
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
@@ -19,15 +20,25 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.bridge.pydantic import Field, field_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
-from llama_index.memory.parametric_memory._shared import (
-    aiterate,
-    ask,
-    messages_to_question,
-    resolve_memory,
-    stream_answer,
-)
 
-from parametric_memory import ParametricMemory
+from parametric_memory import ParametricMemory, integration
+from parametric_memory.integration import aiterate, ask, chat_role, resolve_memory, stream_answer
+
+
+def messages_to_question(
+    messages: Sequence[ChatMessage], history_turns: int = 2, include_system: bool = True
+) -> str:
+    """One question for the memory (`parametric_memory.integration.messages_to_question`):
+    the last user message, preceded (only when there is something to add) by the system
+    and developer text and up to `history_turns` earlier exchanges. A lone user message is
+    passed through unchanged."""
+    turns = [(chat_role(m.role.value), m.content or "") for m in messages]
+    return integration.messages_to_question(
+        turns,
+        history_turns=history_turns,
+        include_system=include_system,
+        caller="ParametricMemoryLLM",
+    )
 
 
 class ParametricMemoryLLM(CustomLLM):
@@ -93,7 +104,8 @@ class ParametricMemoryLLM(CustomLLM):
         self, prompt: str, formatted: bool = False, **kwargs: Any
     ) -> CompletionResponseGen:
         max_new = kwargs.get("max_new_tokens", self.max_new_tokens)
-        pieces = stream_answer(self.memory, self._prompt(prompt, formatted), max_new)
+        question = self._prompt(prompt, formatted)
+        pieces = stream_answer(self.memory, question, max_new, strip_leading=True)
 
         def gen() -> CompletionResponseGen:
             text = ""

@@ -4,6 +4,7 @@ recalls from a parametric memory's weights and consolidates flushed conversation
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
@@ -11,9 +12,14 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator
 from llama_index.core.memory.memory import BaseMemoryBlock
 
 from parametric_memory import IngestReport, ParametricMemory
-from parametric_memory.integration import ConversationQueue
-
-from ._shared import last_user_text, resolve_memory, transcript
+from parametric_memory.integration import (
+    ConversationQueue,
+    Turn,
+    chat_role,
+    last_user_text,
+    resolve_memory,
+    transcript,
+)
 
 
 class ParametricMemoryBlock(BaseMemoryBlock[str]):
@@ -69,7 +75,7 @@ class ParametricMemoryBlock(BaseMemoryBlock[str]):
         return self._queue.recollect(query, self.max_new_tokens)
 
     async def _aget(self, messages: list[ChatMessage] | None = None, **block_kwargs: Any) -> str:
-        query = last_user_text(messages)
+        query = last_user_text(_turns(messages or []))
         if not query:
             return ""
         return await asyncio.to_thread(self.recollect, query)
@@ -83,7 +89,7 @@ class ParametricMemoryBlock(BaseMemoryBlock[str]):
     def queue_messages(self, messages: list[ChatMessage]) -> str | None:
         """Queue the user/assistant turns of `messages` as one conversation document; returns
         its id (None when they hold no text)."""
-        text = transcript(messages, self.remember_roles)
+        text = transcript(_turns(messages), {chat_role(role.value) for role in self.remember_roles})
         if not text:
             return None
         metadata = {"source": "llamaindex-memory"}
@@ -108,3 +114,8 @@ class ParametricMemoryBlock(BaseMemoryBlock[str]):
 
     async def aflush(self) -> IngestReport | None:
         return await asyncio.to_thread(self.flush)
+
+
+def _turns(messages: Sequence[ChatMessage]) -> list[Turn]:
+    """(role, text) of each message, as the helpers of `parametric_memory.integration` take."""
+    return [(chat_role(m.role.value), m.content or "") for m in messages]

@@ -8,9 +8,9 @@ from typing import Any
 from llama_index.core.base.response.schema import Response, StreamingResponse
 from llama_index.core.bridge.pydantic import Field, field_validator
 from llama_index.core.query_engine import CustomQueryEngine
-from llama_index.memory.parametric_memory._shared import ask, resolve_memory, stream_answer
 
 from parametric_memory import ParametricMemory
+from parametric_memory.integration import ask, resolve_memory, stream_answer
 
 
 class ParametricMemoryQueryEngine(CustomQueryEngine):
@@ -38,7 +38,7 @@ class ParametricMemoryQueryEngine(CustomQueryEngine):
 
     def custom_query(self, query_str: str) -> Response | StreamingResponse:
         if self.streaming:
-            pieces = stream_answer(self.memory, query_str, self.max_new_tokens)
+            pieces = stream_answer(self.memory, query_str, self.max_new_tokens, strip_leading=True)
             return StreamingResponse(
                 response_gen=pieces, source_nodes=[], metadata=self._metadata()
             )

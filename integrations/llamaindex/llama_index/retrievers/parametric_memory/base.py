@@ -9,13 +9,9 @@ from typing import Any
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
-from llama_index.memory.parametric_memory._shared import (
-    passage_metadata,
-    recall_passages,
-    resolve_memory,
-)
 
 from parametric_memory import ParametricMemory
+from parametric_memory.integration import passage_metadata, recall_passages, resolve_memory
 
 _HIDDEN_KEYS = ["source", "memory", "document_ids", "recalled", "kind", "prompt"]
 
