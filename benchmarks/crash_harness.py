@@ -61,7 +61,7 @@ POOL_SIZE = 8
 RUN_TIMEOUT_S = 300.0
 _LOCK_FILES = {store.LOCK_FILE, store.LOCK_OWNER_FILE}
 _BAR = re.compile(r"consolidating:.*?\|\s*(\d+)/(\d+) \[([^\]]*)\]")
-_TRANSFORMATION = re.compile(r"parametric_memory\.transformation: T: .*?; (.*)$")
+_TRANSFORMATION = re.compile(r"parametric_memory\.(?:method\.)?transformation: T: .*?; (.*)$")
 _LAP = re.compile(r"([a-z ]+?) (\d+(?:\.\d+)?)s")
 _CHILD_ENV = {
     # Lean on a shared machine, and identical from run to run.

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from common import load_documents
-from quality import SQUAD, _memory_config, sample_documents
+from quality import SQUAD, parse_memory_config, sample_documents
 
 from parametric_memory.cli import prefer_expandable_segments
 from parametric_memory.distributed import add_documents_distributed, init_process_group
@@ -122,7 +122,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="JSON results (rank 0)")
     parser.add_argument("--verbose", action="store_true", help="log each transformation")
     args = parser.parse_args()
-    args.memory_config = _memory_config(parser, args.config, args.model, args.device)
+    args.memory_config = parse_memory_config(parser, args.config, args.model, args.device)
     if os.environ.get("WORLD_SIZE") is None:
         parser.error("run it with torchrun (--nproc-per-node 1 for one GPU)")
     return args

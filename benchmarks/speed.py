@@ -40,6 +40,7 @@ import transformers
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from parametric_memory.engine.backend import choose_backend
 from parametric_memory.engine.fast_distillation import (
     GraphedStudentTrainer,
     capturable_adamw,
@@ -363,9 +364,10 @@ def engine_kernels(model):
 
 
 def engine_answer(model, ids, mask, new_tokens: int) -> torch.Tensor:
-    """How the engine answers: on CUDA with the adapter merged for the call (its cost
-    included), then the fast decoder."""
-    with answering_weights(model, merge=True):
+    """How the engine answers: with the adapter merged for the call where the backend the
+    engine picks for this device merges (CUDA; its cost included), then the fast decoder."""
+    backend = choose_backend(next(model.parameters()).device)
+    with answering_weights(model, merge=backend.merged_answers):
         return fast_generate(model, ids, mask, new_tokens)
 
 

@@ -16,13 +16,19 @@ from quickstart import DOCUMENTS
 
 from parametric_memory import MemoryConfig, ParametricMemory
 
-results = {}
-for width in (1, 2):
-    config = MemoryConfig(sharding={"documents_per_shard": 1, "shards_in_parallel": width})
-    with tempfile.TemporaryDirectory() as folder:
-        memory = ParametricMemory.create(folder, config)
-        started = time.perf_counter()
-        memory.add_documents(list(DOCUMENTS.values()), ids=list(DOCUMENTS), progress=False)
-        results[f"shards_in_parallel={width}"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(results), flush=True)
-Path(__file__).with_name("result.json").write_text(json.dumps(results, indent=2) + "\n")
+
+def main() -> None:
+    results = {}
+    for width in (1, 2):
+        config = MemoryConfig(sharding={"documents_per_shard": 1, "shards_in_parallel": width})
+        with tempfile.TemporaryDirectory() as folder:
+            memory = ParametricMemory.create(folder, config)
+            started = time.perf_counter()
+            memory.add_documents(list(DOCUMENTS.values()), ids=list(DOCUMENTS), progress=False)
+            results[f"shards_in_parallel={width}"] = round(time.perf_counter() - started, 1)
+        print(json.dumps(results), flush=True)
+    Path(__file__).with_name("result.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

