@@ -1,7 +1,7 @@
 """Shard files written, and committed, on a worker thread while the GPU consolidates the next
-group of documents. On an H100 a group of 128 fresh default-model shards took 2.5-3.6 s to
-write (2.6 GB) against ~20 s to consolidate: 24 s of a 350 s ingest of 1,048 passages,
-in which the GPU waited. One job runs at a time, and `submit` first waits for the one
+group of documents. Writing a group (gigabytes for 128 fresh default-model shards) takes far
+less than consolidating it, but done inline it adds up over a long ingest, and the GPU waits
+through all of it. One job runs at a time, and `submit` first waits for the one
 before: a failure surfaces at the next group (or at the end), and the host holds the
 weights of two groups at most (the one being written, the next one copied off the GPU)."""
 

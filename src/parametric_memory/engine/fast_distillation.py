@@ -2,16 +2,17 @@
 
 What the reference step spends time on besides the model: building each batch with Python
 loops on the CPU and copying it synchronously, and re-aligning every row's answer logits
-with a per-row copy. For a small model the step is bound by Python and kernel launches
-(SmolLM2-135M on an H200: ~0.15-0.2 s a step, 1-2% of the card's peak). Here:
+with a per-row copy. For a small model the step is bound by Python and kernel launches,
+and the card is left mostly idle. Here:
 
 * `collate` builds the padded batch once, in pinned memory, copied without blocking;
 * rows are right-padded with no attention mask and the LM head runs only at the answer
   positions (`answer_positions`), so attention takes the fast causal path;
 * `length_bucketed_batches` groups examples of similar length, so less padding is computed;
 * `GraphedStudentTrainer` captures the whole step (forward, backward, clip, fused AdamW) in
-  one CUDA graph per padded shape and replays it: 3.7x faster than the reference step for
-  the 135M shape on an H200 (benchmarks/speed.py).
+  one CUDA graph per padded shape and replays it, so the host launches one graph instead
+  of each of the step's kernels (measured by `benchmarks/speed.py`: see
+  benchmarks/RESULTS.md).
 
 The LoRA updates are computed in the activations' dtype (`student_lora`): peft's float32
 path cast every layer's input to float32 and back. (bfloat16 autocast of peft's path was
@@ -155,8 +156,8 @@ class GraphedStudentTrainer:
         self._steps: dict[tuple[int, int], _StaticStep] = {}
         # One memory pool for every shape's graph: a step's activations and gradients live
         # only during its replay (its outputs are copied out at once), so graphs can reuse
-        # one another's memory. Without it each shape kept its own pool: out-of-memory
-        # reports on an H200 put 12-21 GiB of a 135M-model process in graph pools.
+        # one another's memory. Without it each shape kept its own pool, and for a small
+        # model those pools held much of the memory of processes that ran out of it.
         self._pool = torch.cuda.graph_pool_handle() if self.device.type == "cuda" else None
 
     def serves(

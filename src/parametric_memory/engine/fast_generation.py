@@ -12,9 +12,9 @@ on a GPU a small model then runs at the speed of the interpreter, not of the car
 * the host reads the "all rows finished" flag only every `_CHECK_EVERY` steps;
 * with `compile_step=True` the model's forward inside the step goes through `torch.compile`
   first (transformers' own RMSNorm/MLP code, which it fuses with the adds and casts around
-  them). Measured on H100s, SmolLM2-135M shape, 300-token prompts: 1.35x faster at batch
-  1, the same at 32, 0.67-0.69x at 128 (two runs), after ~30 s of compiling per batch and
-  cache-length bucket (benchmarks/results/speed/2026-12-06-compiled-decode). Hence opt-in.
+  them). That helps at batch 1, where launches bound the step, not at larger batches (at
+  the largest it is slower), and every batch and cache-length bucket needs its own long
+  compile. Hence opt-in (measured: see benchmarks/RESULTS.md).
 
 Outputs are token-identical to `model.generate(..., do_sample=False)`: finished rows get the
 pad token, and the result is trimmed to the step where the last row finished.
@@ -454,9 +454,9 @@ def _batch_bucket(rows: int) -> int:
 
 def _length_bucket(needed: int) -> int:
     """Cache lengths of 2^k and 1.5 * 2^k, under 1.5x what is needed: the decode step attends
-    over the whole cache, so power-of-two buckets alone cost up to 2x the attention needed (a
-    364-slot call got 512, attention at 40% of the step's GPU time on an H100), while each
-    new bucket is one more capture."""
+    over the whole cache, so power-of-two buckets alone cost up to 2x the attention needed
+    (and attention is a large share of the step's GPU time), while each new bucket is one
+    more capture."""
     power = 1 << (needed - 1).bit_length()
     three_quarters = power // 4 * 3
     return max(_MIN_CACHE_LENGTH, three_quarters if three_quarters >= needed else power)

@@ -4,11 +4,10 @@ the package, nothing changes).
 
 A small model's decode step is a long chain of tiny kernels: HF's RMSNorm alone is six
 (cast, square, mean, rsqrt, two products), the MLP's activation two more. One fused kernel
-each made the default model's graphed decode step 1.36x faster at batch 1 on an H200
-(0.252 -> 0.185 s for 64 tokens) and its teacher pass 1.3x. HF's RoPE is ten kernels per
-layer (for each of q and k: two products, a sum, and `rotate_half`'s negation and
-concatenation); Liger's one made a graphed LoRA step on the Llama-1B shape 1.10x faster on
-an H100 (205.7 -> 186.5 ms, benchmarks/results/speed/2026-12-06-kernel-profiles).
+each cuts those launches, which bound a small model's decode step and teacher pass. HF's
+RoPE is ten kernels per layer (for each of q and k: two products, a sum, and `rotate_half`'s
+negation and concatenation); Liger's one kernel also speeds up a graphed LoRA training step
+(measured: see benchmarks/RESULTS.md).
 
 Only this model's own modules change (their `forward`); other models in the process, on
 any device, keep transformers' code.
@@ -138,9 +137,8 @@ def _rows_as_one_sequence(rotary_kernel):
     """`rotary_kernel` on the batch's rows laid end to end as one sequence, each token with
     its own cos/sin. Liger's kernel takes the number of rows as a compile-time constant, so
     every new batch size compiled it again: slot training and teacher passes, whose row
-    counts vary, ran 2.2 s slower over 12 steps than with transformers' RoPE on an H100,
-    then 1.17x faster once the same shapes came back. The sequence length is an ordinary
-    argument."""
+    counts vary, were slower than with transformers' RoPE until the same shapes came back.
+    The sequence length is an ordinary argument."""
 
     def rotary(q, k, cos, sin):
         batch, _, length, _ = q.shape

@@ -2,16 +2,15 @@
 per batch of questions, instead of the LoRA branch's extra kernels in every layer at every
 decode step. The base weights are saved first and copied back afterwards, bit for bit
 (peft's `unmerge` subtracts the update again, which in bfloat16 leaves rounding behind and
-would drift the base model over many questions). The saved copy stays on the device: 32
-tokens of the default model on an H100 took 0.249 s merged this way, 0.336 s with the copy
-kept in host memory, and 0.307 s through the LoRA branch, for 0.2 GiB more GPU memory while
-answering (`benchmarks/results/speed/2026-11-28-right-padding/`).
+would drift the base model over many questions). The saved copy stays on the device: kept
+in host memory, copying it back made a merged answer slower than the LoRA branch, while on
+the device it costs only the adapted layers' weights in GPU memory while answering
+(measured: see benchmarks/RESULTS.md).
 
-`answering_weights` merges on CUDA only. There the graphed decode step of the default model
-ran 152 tokens/s with the LoRA branch and 353 with the adapter off, which is what merged
-weights decode at (an H200, `benchmarks/results/speed/2026-11-27-fused/`). On a 2-core CPU
-in float32 merging and restoring took 0.56 s and 64 tokens then 5.3 s, against 5.7 s through
-the branch: no gain for an answer of that length.
+`answering_weights` merges on CUDA only. There the LoRA branch's extra kernels in every
+layer leave a small model's graphed decode step far slower than the plain model's, which is
+what merged weights decode at. On a CPU the step is bound by arithmetic, the branch costs
+little, and merging and restoring cost about what they save over a short answer.
 """
 
 from __future__ import annotations

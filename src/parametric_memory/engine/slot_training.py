@@ -78,8 +78,8 @@ def _train_steps(
 _PASS_TOKENS = 32_768
 """Most padded tokens in one forward and backward pass: a step's rows, longest first, are cut
 into passes under this budget (and `_PASS_ROWS`, `_PASS_LOGITS`), which bounds activation
-memory (the default model on an H200: 77k tokens in one pass peaked at 87 GB allocated; one
-group of 32 SQuAD passages at this budget peaked at 45 GB)."""
+memory however many documents a group holds: a wide group's rows in one pass would need
+many times what a pass under this budget does (measured: see benchmarks/RESULTS.md)."""
 _PASS_LOGITS = 4_000_000_000
 """Most answer logits (rows x answer positions x vocabulary) in one pass: 8 GB in bfloat16."""
 _PASS_ROWS = 256

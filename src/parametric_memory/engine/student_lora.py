@@ -2,8 +2,8 @@
 
 peft computes a LoRA update in its weights' dtype: with float32 adapter weights on a
 bfloat16 model it casts every layer's input to float32, multiplies on CUDA cores instead of
-tensor cores, and casts back; the backward does the same. On the Llama-1B shape (128 rows x
-128 tokens, one H100) those casts, float32 products and float32 sums were over half of a
+tensor cores, and casts back; the backward does the same. For a model large enough to be
+bound by arithmetic, those casts, float32 products and float32 sums take a large share of a
 distillation step's GPU time. Inside `lora_in_activation_dtype`, each such layer runs
 `slot_linear.LoraLinear` instead: the (small) adapter weights are cast to the activations'
 dtype, the float32 weights stay the optimiser's master copy and get float32 gradients.
