@@ -114,7 +114,7 @@ def _parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if not args.merge:
         args.modes = _modes(parser, args.modes, args.part)
-        args.memory_config = _memory_config(parser, args.config, args.model, args.device)
+        args.memory_config = parse_memory_config(parser, args.config, args.model, args.device)
     return args
 
 
@@ -138,7 +138,7 @@ def _modes(parser: argparse.ArgumentParser, text: str, part: tuple[int, int]) ->
     return [m for m in MODES if m in modes]
 
 
-def _memory_config(
+def parse_memory_config(
     parser: argparse.ArgumentParser, text: str, model: str | None, device: str | None
 ) -> MemoryConfig:
     """The user's JSON through MemoryConfig.model_validate; --model/--device override it."""
@@ -220,12 +220,12 @@ def _checkpoints(text: str | None, n: int) -> list[int]:
     return sorted({c for c in wanted if 1 <= c < n} | {n})
 
 
-def _questions(documents: list[dict], indices: Iterable[int]) -> list[tuple[int, int, dict]]:
+def questions_of(documents: list[dict], indices: Iterable[int]) -> list[tuple[int, int, dict]]:
     """(document index, question index, question) for the documents at `indices`."""
     return [(i, j, q) for i in indices for j, q in enumerate(documents[i]["questions"])]
 
 
-def _records(
+def score_records(
     documents: list[dict], questions: list[tuple[int, int, dict]], answers: list[str]
 ) -> list[dict]:
     return [
@@ -248,7 +248,7 @@ def answer_from_prompts(
 ) -> dict[str, list[dict]]:
     """base, in-prompt and rag records for the questions of the documents at `indices`; rag
     retrieves among all N documents."""
-    questions = _questions(documents, indices)
+    questions = questions_of(documents, indices)
     texts = [q["question"] for _, _, q in questions]
     prompts: dict[str, list[str]] = {}
     if "base" in modes:
@@ -265,7 +265,9 @@ def answer_from_prompts(
             for top, question in zip(retrieved, texts, strict=True)
         ]
     lm = load_model(config)
-    records = {m: _records(documents, questions, answer_prompts(lm, p)) for m, p in prompts.items()}
+    records = {
+        m: score_records(documents, questions, answer_prompts(lm, p)) for m, p in prompts.items()
+    }
     for record, top in zip(records.get("rag", []), retrieved, strict=True):
         record["retrieved"] = top
     log.info("answered %d questions without a memory: %s", len(texts), ",".join(prompts))
@@ -282,9 +284,9 @@ def memory_per_document(
         folder = scratch / f"doc-{index}"
         memory = ParametricMemory.create(folder, config)
         ingested.append(_ingest(memory, documents, index))
-        questions = _questions(documents, [index])
+        questions = questions_of(documents, [index])
         answers = ask_memory(memory, [q["question"] for _, _, q in questions])
-        records += _records(documents, questions, answers)
+        records += score_records(documents, questions, answers)
         del memory
         gc.collect()
         if torch.cuda.is_available():
@@ -322,10 +324,10 @@ def memory_streamed(
 
 def _checkpoint(memory: ParametricMemory, documents: list[dict], held: int) -> list[dict]:
     """Records of the questions of the first `held` documents, asked of the memory now."""
-    questions = _questions(documents, range(held))
+    questions = questions_of(documents, range(held))
     answers = ask_memory(memory, [q["question"] for _, _, q in questions])
     log.info("memory/stream checkpoint: %d passages held, %d questions", held, len(questions))
-    return [{"held": held, **record} for record in _records(documents, questions, answers)]
+    return [{"held": held, **record} for record in score_records(documents, questions, answers)]
 
 
 def _stream_progress(

@@ -167,7 +167,7 @@ def test_a_memory_ingested_together_is_the_one_ingested_one_by_one(tmp_path, tin
 
     texts, ids = [*TEXTS[:3], LONG, *TEXTS[3:]], [*IDS[:3], "long", *IDS[3:]]
     alone, together = memory("alone", 1), memory("together", 2)
-    caplog.set_level(logging.INFO, logger="parametric_memory.transformation")
+    caplog.set_level(logging.INFO, logger="parametric_memory.method.transformation")
     for held in (alone, together):
         report = held.add_documents(texts[:1], ids=ids[:1], progress=False)
         report = held.add_documents(texts[1:], ids=ids[1:], progress=False)

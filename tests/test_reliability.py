@@ -173,6 +173,17 @@ def test_a_sample_of_the_kill_harness_survives_every_kill(tmp_path):
     assert report.stray_after_next_writer == 0
 
 
+def test_a_sample_of_the_compaction_kill_harness_survives_every_kill(tmp_path):
+    report = crash_harness.run_harness(
+        kills=0, seed=7, workdir=tmp_path, documents=4, compact_kills=2, compact_group=2
+    )
+    assert report.failures == []
+    assert report.compact_kills == report.clean_reopens == report.resumed_complete == 2
+    assert report.lost_documents == report.duplicated_documents == 0
+    assert report.stray_after_next_writer == 0
+    assert report.reader_calls > 0  # its errors are a finding of the full run, not asserted
+
+
 def test_the_next_writer_removes_a_half_written_manifest(sound_memory, tmp_path):
     root = copy_memory(sound_memory, tmp_path)
     # What SIGKILL between write_text_atomic's mkstemp and os.replace leaves behind.
@@ -728,7 +739,11 @@ def _wrong_manifest_values(key: str) -> st.SearchStrategy:
         "files": st.sampled_from([{"state-000001/x": 5}, "x"]),
         "state": st.sampled_from([{}, 1.5]),
         "schema_version": st.sampled_from(["two", "2.5", {}]),
+        "prompt_version": st.sampled_from(["one", 0, -1, 1.5, True, None]),
+        "compacted_shards": st.sampled_from([5, ["x"], [-1], [True], {}, "0"]),
     }
+    if key in ("prompt_version", "compacted_shards"):  # some common values are valid there
+        return by_key[key]
     return st.one_of(common, by_key.get(key, st.just({})))
 
 

@@ -4,8 +4,10 @@ questions about them with no retrieved context in its prompt (InfiniteICL)."""
 from ._version import __version__
 from .config import (
     ChunkingConfig,
+    CompactionConfig,
     ConsolidationConfig,
     ElicitationConfig,
+    EngineConfig,
     MemoryConfig,
     SelectionConfig,
     ShardingConfig,
@@ -24,13 +26,17 @@ from .errors import (
 )
 from .ingest import IngestReport
 from .memory import MemoryInfo, ParametricMemory, Recollection
+from .records import CompactionReport
 
 __all__ = [
     "ChunkingConfig",
+    "CompactionConfig",
+    "CompactionReport",
     "ConsolidationConfig",
     "CorruptMemoryError",
     "DocumentNotFoundError",
     "ElicitationConfig",
+    "EngineConfig",
     "IncompatibleMemoryError",
     "IngestReport",
     "InvalidDocumentError",

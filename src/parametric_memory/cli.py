@@ -16,11 +16,11 @@ from pathlib import Path
 
 from transformers.utils import logging as transformers_logging
 
-from .config import MemoryConfig
+from .config import CompactionConfig, MemoryConfig
 from .distributed import add_documents_distributed, launched_by_torchrun
 from .documents import read_files
 from .errors import MemoryExistsError, ParametricMemoryError
-from .memory import ParametricMemory
+from .memory import MAX_NEW_TOKENS, ParametricMemory, check_max_new_tokens
 from .store import LOCK_FILE, LOCK_OWNER_FILE, MANIFEST_FILE
 from .store.verify import verify_memory
 
@@ -86,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         command.add_argument("text")
         command.add_argument("--memory", required=True)
-        command.add_argument("--max-new-tokens", type=int, default=128)
+        # Checked by the command, not argparse: a bad value is one line, not the usage text.
+        command.add_argument("--max-new-tokens", default=128, help=f"1 to {MAX_NEW_TOKENS}")
         command.set_defaults(handler=handler)
 
     info = commands.add_parser("info", help="model, documents, tokens, adapter size")
@@ -101,6 +102,16 @@ def _parser() -> argparse.ArgumentParser:
     forget.add_argument("document_id")
     forget.add_argument("--memory", required=True)
     forget.set_defaults(handler=_forget)
+    compact = commands.add_parser(
+        "compact", help="consolidate level-0 documents again, related ones together"
+    )
+    compact.add_argument("--memory", required=True)
+    compact.add_argument(
+        "--documents-per-shard",
+        type=_group_size,
+        help="documents per compacted shard, at least 2 (default: the memory's config)",
+    )
+    compact.set_defaults(handler=_compact)
     return parser
 
 
@@ -138,17 +149,28 @@ def _ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _max_new_tokens(value: str | int) -> int:
+    """--max-new-tokens as a number, refused (before a model loads) unless 1..MAX_NEW_TOKENS."""
+    try:
+        number: object = int(value)
+    except ValueError:
+        number = value
+    return check_max_new_tokens(number)
+
+
 def _ask(args: argparse.Namespace) -> int:
+    max_new_tokens = _max_new_tokens(args.max_new_tokens)
     memory = ParametricMemory.open(args.memory)
-    for piece in memory.stream(args.text, max_new_tokens=args.max_new_tokens):
+    for piece in memory.stream(args.text, max_new_tokens=max_new_tokens):
         print(piece, end="", flush=True)
     print()
     return 0
 
 
 def _recall(args: argparse.Namespace) -> int:
+    max_new_tokens = _max_new_tokens(args.max_new_tokens)
     recollection = ParametricMemory.open(args.memory).recall(
-        args.text, max_new_tokens=args.max_new_tokens
+        args.text, max_new_tokens=max_new_tokens
     )
     print(recollection.text)
     return 0
@@ -156,6 +178,27 @@ def _recall(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     print(json.dumps(ParametricMemory.open(args.memory).info().model_dump(), indent=2))
+    return 0
+
+
+def _group_size(value: str) -> int:
+    if not value.isdigit() or int(value) < 2:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 2, got {value!r}")
+    return int(value)
+
+
+def _compact(args: argparse.Namespace) -> int:
+    memory = ParametricMemory.open(args.memory)
+    settings = memory.config.compaction
+    if args.documents_per_shard is not None:
+        fields = {**settings.model_dump(), "documents_per_shard": args.documents_per_shard}
+        settings = CompactionConfig.model_validate(fields)
+    report = memory.compact(settings)
+    print(
+        f"compacted {sum(map(len, report.groups))} document(s) into {len(report.groups)} "
+        f"shard(s); {report.shards_before} -> {report.shards_after} shards in "
+        f"{report.seconds:.1f}s"
+    )
     return 0
 
 

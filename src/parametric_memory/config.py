@@ -47,9 +47,10 @@ class ElicitationConfig(_Config):
     generation_batch_size: int = Field(16, ge=1, le=1024)
     """Prompts generated together (left-padded, KV-cached)."""
     compile_decode: bool = False
-    """On CUDA, compile the graphed decode step with `torch.compile`. Measured on one H100
-    (SmolLM2-135M shape): 1.35x faster at batch 1, the same at 32, slower at 128, after
-    ~30 s of compiling per batch and cache-length bucket and process. Off by default."""
+    """On CUDA, compile the graphed decode step with `torch.compile`. Fusing its small
+    kernels helps at batch 1, where launches bound the step, gains nothing at mid-sized
+    batches and loses at large ones, and every batch and cache-length bucket is compiled
+    again in each process. Off by default (measured: see benchmarks/RESULTS.md)."""
 
     @field_validator("prompt_kinds")
     @classmethod
@@ -111,12 +112,15 @@ class ConsolidationConfig(_Config):
     """Batch transfer items of similar length: each epoch sorts them by length (random among
     equals) before cutting batches, and steps through the batches shortest first in even
     epochs, longest first in odd ones. Documents trained together then pad each step to
-    similar widths. Off (batches of a random order): on 100 SQuAD passages, 32 trained
-    together on an H200, it made ingest 1.18x faster and scored 32.4% against 33.9%."""
+    similar widths. Off (batches of a random order): it made ingest faster but the memory
+    answered slightly worse (measured: see benchmarks/RESULTS.md)."""
     max_grad_norm: float = Field(1.0, gt=0.0)
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     """Fraction of a transformation's steps over which the learning rate warms up from 0;
     it then decays linearly to 0 at the transformation's last step."""
+    adapter_dtype: Literal["float32", "bfloat16"] = "float32"
+    """How shard weights are stored on disk. Training keeps float32 weights either way;
+    bfloat16 halves a shard's bytes, and the model answers in bfloat16 on a GPU anyway."""
     chunks_per_transformation: int = Field(8, ge=1, le=4096)
     """Chunks consolidated together in one memory transformation T_i. Bounds the RAM a long
     document needs; a document is committed to disk once all its chunks are consolidated."""
@@ -127,22 +131,55 @@ class ShardingConfig(_Config):
     """Documents written into one adapter shard; a new shard starts when the newest is full.
     A question is answered with the weights of the shard whose chunks match it best (BM25),
     so documents in other shards cannot be overwritten by new ones. The default, one
-    document per shard, scored 98% of a fresh memory per document on 100 SQuAD passages
-    (4 per shard: 81%) at 19.6 MB of adapter per document with the default model (4 per
-    shard: a quarter of that). None keeps every document in a single adapter (plain
-    streaming, protected by replay alone)."""
+    document per shard, answers about as well as a fresh memory per document and better
+    than shards of 4, whose later documents overwrite part of the earlier ones (measured:
+    see benchmarks/RESULTS.md); its price is disk, 19.6 MB of adapter per document with
+    the default model (4 per shard: a quarter of that). None keeps every document in a
+    single adapter (plain streaming, protected by replay alone)."""
     shards_in_parallel: int | None = Field(None, ge=1, le=1024)
     """New shards consolidated at once when each holds a single document that fits one
     memory transformation (the default sharding, short documents): every document trains
     its own slot of a stacked adapter in one shared batch, and they are committed together.
     A small model's GPU step is bound by the host (kernel launches), so many documents cost
-    little more than one. 100 SQuAD passages on an H200: 116.7 s at 32, 86.4 s at 64,
-    73.3 s at 128, the same answers. GPU memory grows with it: at 128, 126 GB reserved by
-    PyTorch's default allocator, 61.7 GB with `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True`
-    (which the `parametric-memory` command sets unless you set it). A group that runs out of
-    GPU memory is retried in halves. None: 128 on CUDA, 1 (one at a time, each committed
-    alone) elsewhere, where the step is bound by arithmetic instead (two documents on a
-    2-core CPU: 146 s one at a time, 178 s together)."""
+    little more than one, with the same answers. GPU memory grows with it, much of it
+    fragmentation (tensors of ever-changing shapes) under PyTorch's default allocator, which
+    `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` avoids (the `parametric-memory`
+    command sets it unless you set it). A group that runs out of GPU memory is retried in
+    halves. None: 128 on CUDA (measured: see benchmarks/RESULTS.md), 1 (one at a time, each
+    committed alone) elsewhere, where the step is bound by arithmetic instead, so documents
+    trained together take longer than one after the other."""
+
+
+class CompactionConfig(_Config):
+    """Level 0 holds each new document in a shard of its own, consolidated alone: answerable
+    at once. Compaction consolidates groups of related level-0 documents again, jointly
+    (all their kept transfer items shuffled together, from a fresh adapter: never
+    sequentially, never by merging weights), into one shard per group that replaces their
+    level-0 shards in one atomic commit. The router then picks among far fewer, larger
+    shards, and the right one far more often than the right single document."""
+
+    documents_per_shard: int = Field(32, ge=2, le=100_000)
+    """Documents consolidated together into one compacted shard."""
+    auto_after: int | None = Field(64, ge=2, le=10_000_000)
+    """Compact by itself, at the end of an ingest, once level 0 holds this many documents;
+    None: only on demand (`ParametricMemory.compact`, `parametric-memory compact`)."""
+    epochs: int | None = Field(None, ge=1, le=1000)
+    """Passes over a group's items; None: `consolidation.epochs`."""
+    batch_size: int | None = Field(None, ge=1, le=4096)
+    """Items per optimiser step; None: `consolidation.batch_size`."""
+    learning_rate: float | None = Field(None, gt=0.0, le=1.0)
+    """None: `consolidation.learning_rate`."""
+
+    def training(self, consolidation: ConsolidationConfig) -> ConsolidationConfig:
+        """The consolidation settings a compacted shard is trained with."""
+        overrides = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+        }
+        return consolidation.model_copy(
+            update={key: value for key, value in overrides.items() if value is not None}
+        )
 
 
 class EngineConfig(_Config):
@@ -183,4 +220,5 @@ class MemoryConfig(_Config):
     selection: SelectionConfig = SelectionConfig()
     consolidation: ConsolidationConfig = ConsolidationConfig()
     sharding: ShardingConfig = ShardingConfig()
+    compaction: CompactionConfig = CompactionConfig()
     engine: EngineConfig = EngineConfig()

@@ -45,3 +45,11 @@ class DocumentNotFoundError(ParametricMemoryError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0]) if self.args else ""
+
+
+class InvalidArgumentError(ParametricMemoryError, ValueError):
+    """An argument other than a document is out of its allowed range or of the wrong type."""
+
+
+class GenerationTimeoutError(ParametricMemoryError, TimeoutError):
+    """Generation produced no text for longer than its timeout."""

@@ -19,14 +19,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import store
-from .engine.adapter_files import adapter_config_json, adapter_writes
+from .engine.adapter_files import adapter_config_json, adapter_writes, save_adapter
 from .engine.background_writes import BackgroundWrites
 from .engine.models import LoadedModel
 from .errors import InvalidDocumentError
 from .method.chunking import chunk_document
 from .method.consolidate import reset_adapter
 from .method.transformation import transform, transform_fresh_documents
-from .records import Chunk, Document, TransferItem, batches
+from .records import Chunk, CompactionReport, Document, TransferItem, batches
 from .sharding import group_shards, items_of_shard, plan_shards
 
 logger = logging.getLogger(__name__)
@@ -74,8 +74,10 @@ class MemoryWriter(Protocol):
         documents: dict[str, store.DocumentRecord],
         changed_shards: set[int],
         write_state: Callable[[Path], None],
+        updates: dict | None = None,
     ) -> None:
-        """Commit a state whose changed shards and records `write_state` writes."""
+        """Commit a state whose changed shards and records `write_state` writes; `updates`:
+        other manifest fields the commit changes."""
         ...
 
     def write_records(
@@ -91,6 +93,8 @@ class IngestReport:
     """Ids of documents whose content the memory already held (a no-op)."""
     chunks: int = 0
     transfer_items: int = 0
+    compaction: CompactionReport | None = None
+    """What the compaction this ingest set off did, if it set one off."""
 
     def count(self, document_id: str, chunks: list[Chunk], items: list[TransferItem]) -> None:
         self.added.append(document_id)
@@ -136,7 +140,8 @@ class Ingest:
         per_shard = self.config.sharding.documents_per_shard
         if per_shard == 1:
             todo = self._fewest_chunks_first(todo)
-        self.shards = plan_shards(memory.manifest.documents, todo, per_shard)
+        closed = set(memory.manifest.compacted_shards)
+        self.shards = plan_shards(memory.manifest.documents, todo, per_shard, closed)
         """The new documents of each shard, in the order they are consolidated."""
 
     def new_documents(self) -> list[Document]:
@@ -326,7 +331,8 @@ class Ingest:
         reset_adapter(lm, config.seed)
         outcomes, slots = transform_fresh_documents(lm, chunks, config, rngs)
         folders = [folder / store.shard_dir(shard) for shard in shards]
-        write = adapter_writes(folders, adapter_config_json(lm.model), slots)
+        stored = config.consolidation.adapter_dtype
+        write = adapter_writes(folders, adapter_config_json(lm.model), slots, stored)
         results = []
         for slot, (shard, document) in enumerate(zip(shards, documents, strict=True)):
             selected = outcomes[slot].selected
@@ -370,7 +376,11 @@ class Ingest:
                 result.records[document.id] = _record(document, shard, chunks, items)
                 result.chunks.extend(chunks)
                 result.items.extend(items)
-            self.memory.lm.model.save_pretrained(folder / store.shard_dir(shard))
+            save_adapter(
+                self.memory.lm.model,
+                folder / store.shard_dir(shard),
+                self.config.consolidation.adapter_dtype,
+            )
         finally:
             self.memory.adapter_holds(None)  # the adapter holds weights not committed
         return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import reprlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,15 +21,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import store
-from .config import MemoryConfig
+from .compaction import Compaction, level_zero
+from .config import CompactionConfig, MemoryConfig
 from .documents import make_documents, read_files
-from .engine.generation import generate, stream
+from .engine.adapter_files import save_adapter
+from .engine.generation import encode_prompts, generate, stream
 from .engine.merged_adapter import answering_weights
 from .engine.models import LoadedModel, load_model
 from .errors import (
     CorruptMemoryError,
     DocumentNotFoundError,
     IncompatibleMemoryError,
+    InvalidArgumentError,
     InvalidDocumentError,
     MemoryExistsError,
 )
@@ -36,7 +40,7 @@ from .ingest import Ingest, IngestReport
 from .method.consolidate import attach_adapter, reset_adapter
 from .method.prompts import PROMPT_VERSION, RECALL_TEMPLATE
 from .method.transformation import retrain
-from .records import Chunk, Document, TransferItem
+from .records import Chunk, CompactionReport, Document, TransferItem
 from .routing import ShardRouter
 from .sharding import items_of_shard
 from .store.verify import record_problems, records_disagreement
@@ -227,7 +231,22 @@ class ParametricMemory:
     def _ingest(self, documents: list[Document], progress: bool) -> IngestReport:
         self._warn_of_other_prompts()
         with self._model_lock, store.write_lock(self.root):
-            return Ingest(self.writer(), documents).run(progress)
+            report = Ingest(self.writer(), documents).run(progress)
+            threshold = self.config.compaction.auto_after
+            if threshold is not None and len(level_zero(self._manifest)) >= threshold:
+                report.compaction = Compaction(self.writer()).run(progress)
+            return report
+
+    def compact(
+        self, settings: CompactionConfig | None = None, *, progress: bool = True
+    ) -> CompactionReport:
+        """Consolidate the documents held at level 0 (a shard each) again, in groups of
+        related documents trained jointly, each group into one shard that replaces theirs
+        in one atomic commit. Answers then come from fewer, smaller shards per document,
+        which the router picks right more often. `settings`: this call's, instead of the
+        memory's `config.compaction`."""
+        with self._model_lock, store.write_lock(self.root):
+            return Compaction(self.writer(), settings).run(progress)
 
     def _warn_of_other_prompts(self) -> None:
         held = self._manifest.prompt_version
@@ -263,7 +282,8 @@ class ParametricMemory:
 
         def write_state(folder: Path) -> None:
             if changed_shard is not None:
-                self._lm.model.save_pretrained(folder / store.shard_dir(changed_shard))
+                stored = self.config.consolidation.adapter_dtype
+                save_adapter(self._lm.model, folder / store.shard_dir(changed_shard), stored)
             self._write_records(folder, chunks, items)
 
         changed = set() if changed_shard is None else {changed_shard}
@@ -274,11 +294,17 @@ class ParametricMemory:
         documents: dict[str, store.DocumentRecord],
         changed_shards: set[int],
         write_state: Callable[[Path], None],
+        updates: dict | None = None,
     ) -> None:
         """Commit a new state: `write_state` writes the changed shards and the records, the
-        other shards' files are carried over as committed."""
+        other shards' files are carried over as committed; `updates`: other manifest fields
+        that change with it. Compacted shards no document is left in are dropped."""
         unchanged = {r.shard for r in documents.values()} - changed_shards
-        manifest = self._manifest.model_copy(update={"documents": documents})
+        held = {r.shard for r in documents.values()}
+        compacted = (updates or {}).get("compacted_shards", self._manifest.compacted_shards)
+        changes = {**(updates or {}), "documents": documents}
+        changes["compacted_shards"] = [shard for shard in compacted if shard in held]
+        manifest = self._manifest.model_copy(update=changes)
         self._manifest = store.commit(self.root, manifest, write_state, unchanged)
 
     def _write_records(
@@ -345,6 +371,12 @@ class ParametricMemory:
         return self.ask_batch([question], max_new_tokens=max_new_tokens)[0]
 
     def ask_batch(self, questions: Sequence[str], *, max_new_tokens: int = 128) -> list[str]:
+        check_max_new_tokens(max_new_tokens)
+        if isinstance(questions, str):
+            raise InvalidArgumentError(
+                f"questions must be a list of strings, got one string {reprlib.repr(questions)}: "
+                "use ask() for one question"
+            )
         for question in questions:
             _check_query(question, "question")
         return self._generate_routed(list(questions), list(questions), max_new_tokens)
@@ -352,18 +384,23 @@ class ParametricMemory:
     def stream(self, question: str, *, max_new_tokens: int = 128) -> Iterator[str]:
         """Like `ask`, yielding text as it is generated. Other calls on this memory wait
         until the stream is exhausted or closed (`close()`, or leaving a `for` loop early)."""
+        check_max_new_tokens(max_new_tokens)
         _check_query(question, "question")
         return self._stream_routed(question, max_new_tokens)
 
     def _stream_routed(self, question: str, max_new_tokens: int) -> Iterator[str]:
-        with self._answering_with(self._router().shards_for([question])[0]):
-            yield from stream(self._lm, question, max_new_tokens)
+        with self._model_lock:
+            self._check_fits([question], max_new_tokens)
+            with self._answering_with(self._router().shards_for([question])[0]):
+                yield from stream(self._lm, question, max_new_tokens)
 
     def _generate_routed(
         self, prompts: list[str], routing_texts: list[str], max_new_tokens: int
     ) -> list[str]:
         """Greedy answers to `prompts`, each with the weights of the shard its routing text
         is routed to; one batch per shard."""
+        with self._model_lock:  # the tokenizer is not shared with a running ingest
+            self._check_fits(prompts, max_new_tokens)
         shards = self._router().shards_for(routing_texts)
         answers = [""] * len(prompts)
         for shard in sorted(set(shards)):
@@ -373,6 +410,18 @@ class ParametricMemory:
             for index, text in zip(picked, texts, strict=True):
                 answers[index] = text.strip()
         return answers
+
+    def _check_fits(self, prompts: list[str], max_new_tokens: int) -> None:
+        """Refuse prompts whose tokens and answer would not fit in the model's context."""
+        context = getattr(self._lm.model.config, "max_position_embeddings", None)
+        if not isinstance(context, int) or not prompts:
+            return
+        longest = max(len(ids) for ids in encode_prompts(self._lm.tokenizer, prompts))
+        if longest + max_new_tokens > context:
+            raise InvalidDocumentError(
+                f"a prompt of {longest} tokens plus max_new_tokens={max_new_tokens} exceeds "
+                f"the model's context of {context} tokens: shorten it or lower max_new_tokens"
+            )
 
     @contextlib.contextmanager
     def _answering_with(self, shard: int) -> Iterator[None]:
@@ -395,6 +444,7 @@ class ParametricMemory:
     def recall(self, query: str, *, max_new_tokens: int = 192) -> Recollection:
         """Write out, as plain text, what the memory holds about `query` — for handing to
         another LLM where a retriever's documents would go."""
+        check_max_new_tokens(max_new_tokens)
         _check_query(query, "query")
         prompt = RECALL_TEMPLATE.format(query=query.strip().rstrip("?.!"))
         text = self._generate_routed([prompt], [query], max_new_tokens)[0]
@@ -448,8 +498,9 @@ class _Writer:
         documents: dict[str, store.DocumentRecord],
         changed_shards: set[int],
         write_state: Callable[[Path], None],
+        updates: dict | None = None,
     ) -> None:
-        self._memory._commit_state(documents, changed_shards, write_state)
+        self._memory._commit_state(documents, changed_shards, write_state, updates)
 
     def write_records(
         self, folder: Path, chunks: dict[str, Chunk], items: list[TransferItem]
@@ -457,9 +508,30 @@ class _Writer:
         self._memory._write_records(folder, chunks, items)
 
 
+MAX_NEW_TOKENS = 4096
+"""The most tokens one answer of `ask`, `ask_batch`, `stream` or `recall` may generate."""
+MAX_QUERY_CHARS = 32_000
+"""The longest question or query, in characters (refused before it is tokenized)."""
+
+
+def check_max_new_tokens(value: object) -> int:
+    """`value` if it is a whole number from 1 to `MAX_NEW_TOKENS`, else refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NEW_TOKENS:
+        raise InvalidArgumentError(
+            f"max_new_tokens must be a whole number from 1 to {MAX_NEW_TOKENS} "
+            f"(MAX_NEW_TOKENS), got {reprlib.repr(value)}: pass a number in that range"
+        )
+    return value
+
+
 def _check_query(text: object, label: str) -> None:
     if not isinstance(text, str) or not text.strip():
         raise InvalidDocumentError(f"{label} must be a non-empty string, got {text!r}")
+    if len(text) > MAX_QUERY_CHARS:
+        raise InvalidDocumentError(
+            f"the {label} is {len(text):,} characters, more than the {MAX_QUERY_CHARS:,} "
+            "allowed (MAX_QUERY_CHARS): shorten it"
+        )
 
 
 def _model_record(lm: LoadedModel) -> store.BaseModelRecord:

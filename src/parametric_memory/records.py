@@ -87,3 +87,11 @@ def batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
+
+@dataclass
+class CompactionReport:
+    groups: list[list[str]] = field(default_factory=list)
+    """The document ids of each new shard, in shard order."""
+    shards_before: int = 0
+    shards_after: int = 0
+    seconds: float = 0.0

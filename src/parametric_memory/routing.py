@@ -19,6 +19,10 @@ from .records import Chunk
 
 _STOPWORDS = "en"
 _STEMMER = Stemmer.Stemmer("english")
+_NO_WORDS = "\u2400"
+"""The one token of a chunk with no indexable words ("To be or not to be.", "1 2 3"): bm25s
+cannot index a corpus without a token. `tokenize` never yields it (it is no word
+character), so no query matches it and such a chunk's shard is chosen only as fallback."""
 
 
 def _import_bm25s_without_jax() -> ModuleType:
@@ -48,7 +52,8 @@ class ShardRouter:
         self._index: bm25s.BM25 | None = None
         if self._chunks:
             self._index = bm25s.BM25()
-            self._index.index(tokenize([c.text for c in self._chunks]), show_progress=False)
+            words = tokenize([c.text for c in self._chunks], return_ids=False)
+            self._index.index([w or [_NO_WORDS] for w in words], show_progress=False)
 
     def shards_for(self, queries: Sequence[str]) -> list[int]:
         """The shard of each query's best-matching chunk; the newest shard where no chunk

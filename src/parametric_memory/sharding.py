@@ -9,18 +9,24 @@ memory one process would."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Set
 
 from .records import Chunk, Document, TransferItem
 from .store import DocumentRecord
 
 
 def plan_shards(
-    held: Mapping[str, DocumentRecord], new: Sequence[Document], per_shard: int | None
+    held: Mapping[str, DocumentRecord],
+    new: Sequence[Document],
+    per_shard: int | None,
+    closed: Set[int] = frozenset(),
 ) -> dict[int, list[Document]]:
-    """The new documents of each shard, in ingest order."""
+    """The new documents of each shard, in ingest order. `closed` shards (compacted ones)
+    take no new document: one that is newest makes the next document open a shard."""
     newest = max((record.shard for record in held.values()), default=0)
     filled = sum(record.shard == newest for record in held.values())
+    if newest in closed:
+        newest, filled = newest + 1, 0
     plan: dict[int, list[Document]] = {}
     for document in new:
         if per_shard is not None and filled >= per_shard:

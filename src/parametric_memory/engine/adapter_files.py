@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
-from safetensors.torch import save
+from safetensors.torch import load_file, save, save_file
 from torch import nn
 
 from .adapter_slots import AdapterSlots
@@ -36,22 +36,39 @@ def adapter_config_json(model: nn.Module) -> bytes:
         return (Path(scratch) / CONFIG_NAME).read_bytes()
 
 
-def write_adapters(folders: Sequence[Path], config_json: bytes, slots: AdapterSlots) -> None:
+def save_adapter(model: nn.Module, folder: Path, dtype: str = "float32") -> None:
+    """The model's active adapter as `save_pretrained` writes it, its tensors stored in
+    `dtype` ("float32" or "bfloat16")."""
+    model.save_pretrained(folder)
+    if dtype != "float32":
+        weights = folder / SAFETENSORS_WEIGHTS_NAME
+        tensors = {k: v.to(getattr(torch, dtype)) for k, v in load_file(weights).items()}
+        save_file(tensors, weights, metadata=_METADATA)
+
+
+def write_adapters(
+    folders: Sequence[Path], config_json: bytes, slots: AdapterSlots, dtype: str = "float32"
+) -> None:
     """Slot i as an adapter folder `folders[i]`, loadable by `PeftModel.from_pretrained` (and
     by the memory)."""
-    adapter_writes(folders, config_json, slots)()
+    adapter_writes(folders, config_json, slots, dtype)()
 
 
 def adapter_writes(
-    folders: Sequence[Path], config_json: bytes, slots: AdapterSlots
+    folders: Sequence[Path], config_json: bytes, slots: AdapterSlots, dtype: str = "float32"
 ) -> Callable[[], None]:
     """`write_adapters` in two halves: the slots are copied to the host now, and the returned
-    job writes the folders (on any thread; the slots may change or go once this returns)."""
+    job writes the folders (on any thread; the slots may change or go once this returns).
+    The tensors are stored in `dtype` ("float32" or "bfloat16")."""
     if len(folders) != slots.slots:
         raise ValueError(f"{slots.slots} slots need as many folders, got {len(folders)}")
-    header, order = safetensors_layout(slots.state_dict(0))
+    stored = getattr(torch, dtype)
+    first_slot = {key: value.to(stored) for key, value in slots.state_dict(0).items()}
+    header, order = safetensors_layout(first_slot)
     rows = [
-        slots.saved_rows(order, first, min(first + _SLOTS_PER_COPY, slots.slots)).to("cpu")
+        slots.saved_rows(order, first, min(first + _SLOTS_PER_COPY, slots.slots))
+        .to(stored)
+        .to("cpu")
         for first in range(0, slots.slots, _SLOTS_PER_COPY)
     ]
 

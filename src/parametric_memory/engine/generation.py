@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from threading import Thread
+from queue import Empty
+from threading import Event, Thread
 
 import torch
-from transformers import TextIteratorStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
+from ..errors import GenerationTimeoutError
 from .fast_generation import greedy_generate, supports_fast_decode
 from .models import LoadedModel
 
@@ -139,10 +141,20 @@ def _use_fast_decode(lm: LoadedModel) -> bool:
     return lm.backend.fast_decode and supports_fast_decode(lm.model)
 
 
+STREAM_TIMEOUT_S = 300.0
+"""Longest wait for a stream's next piece before it fails with `GenerationTimeoutError`: a
+generation that stalls never leaves its caller (and the model lock it holds) waiting."""
+
+
 def stream(lm: LoadedModel, user: str, max_new_tokens: int) -> Iterator[str]:
-    """Yield the greedy answer to `user` piece by piece as it is generated."""
-    streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    """Yield the greedy answer to `user` piece by piece as it is generated. An error of the
+    generating thread is raised here; closing the stream early stops the generation."""
+    timeout = STREAM_TIMEOUT_S
+    streamer = TextIteratorStreamer(
+        lm.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout
+    )
     input_ids = torch.tensor([encode_prompt(lm.tokenizer, user)], device=lm.device)
+    stop = Event()
     kwargs = {
         "input_ids": input_ids,
         "attention_mask": torch.ones_like(input_ids),
@@ -150,15 +162,43 @@ def stream(lm: LoadedModel, user: str, max_new_tokens: int) -> Iterator[str]:
         "do_sample": False,
         "pad_token_id": lm.tokenizer.pad_token_id,
         "streamer": streamer,
+        "stopping_criteria": StoppingCriteriaList([_Stopped(stop)]),
     }
-    thread = Thread(target=_generate_quietly, args=(lm, kwargs), daemon=True)
+    failures: list[Exception] = []
+    thread = Thread(target=_generate_into, args=(lm, kwargs, failures), daemon=True)
     thread.start()
-    for piece in streamer:
-        if piece:
-            yield piece
-    thread.join()
+    stalled = False
+    try:
+        yield from (piece for piece in streamer if piece)
+    except Empty:
+        stalled = True
+        raise GenerationTimeoutError(
+            f"no text was generated for {timeout:g} s (STREAM_TIMEOUT_S); the model is stuck "
+            "or too slow on this device: try a smaller max_new_tokens or a faster device"
+        ) from None
+    finally:
+        stop.set()
+        thread.join(0 if stalled else timeout)
+    if failures:
+        raise failures[0]
 
 
-def _generate_quietly(lm: LoadedModel, kwargs: dict) -> None:
-    with torch.inference_mode():
-        lm.model.generate(**kwargs)
+class _Stopped(StoppingCriteria):
+    """Ends `generate` once the stream's consumer has gone (the stream closed early)."""
+
+    def __init__(self, stop: Event) -> None:
+        self._stop = stop
+
+    def __call__(self, input_ids: torch.Tensor, scores: object, **kwargs: object) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self._stop.is_set(), device=input_ids.device)
+
+
+def _generate_into(lm: LoadedModel, kwargs: dict, failures: list[Exception]) -> None:
+    """`generate` streaming into `kwargs["streamer"]`; an error ends the stream and is kept
+    in `failures` for the consumer to raise."""
+    try:
+        with torch.inference_mode():
+            lm.model.generate(**kwargs)
+    except Exception as error:
+        failures.append(error)
+        kwargs["streamer"].on_finalized_text("", stream_end=True)

@@ -78,8 +78,8 @@ _ATTENTION_WITHOUT_CUDNN = [
     SDPBackend.EFFICIENT_ATTENTION,
     SDPBackend.MATH,
 ]
-"""cuDNN's attention builds a graph for every new shape on the CPU (~1.7 ms a layer on an H200
-host): with a new padded width at every pass, that was a third of a training step."""
+"""cuDNN's attention builds a graph on the CPU for every new shape: with a new padded width
+at every pass, that host-side work was a large share of a training step."""
 
 
 @sdpa_kernel(_ATTENTION_WITHOUT_CUDNN)
@@ -158,6 +158,28 @@ def retrain(
     """Consolidate already-selected items into the (fresh) adapter, all together."""
     examples = _with_teacher_targets(lm, items, chunks, config, config.consolidation.batch_size)
     return train_student(lm, examples, config.consolidation, rng)
+
+
+@sdpa_kernel(_ATTENTION_WITHOUT_CUDNN)
+def retrain_together(
+    lm: LoadedModel,
+    groups: Sequence[Sequence[TransferItem]],
+    chunks: dict[str, Chunk],
+    config: MemoryConfig,
+    rngs: Sequence[random.Random],
+) -> tuple[list[TrainingStats], AdapterSlots]:
+    """`retrain` of several groups of already-selected items at once, each group jointly
+    into its own fresh slot of the returned `AdapterSlots`: one teacher pass over every
+    item, then every slot trained on its own group, shuffled together, as `retrain` would
+    train it alone."""
+    items = [item for group in groups for item in group]
+    examples = _with_teacher_targets(lm, items, chunks, config, _INFERENCE_ROWS)
+    training, start = [], 0
+    for group in groups:
+        training.append(examples[start : start + len(group)])
+        start += len(group)
+    slots = AdapterSlots(lm, len(groups))
+    return train_slots(lm, slots, training, config.consolidation, rngs), slots
 
 
 class _Clock:

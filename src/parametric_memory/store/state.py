@@ -13,6 +13,9 @@ A commit writes a new state folder under a temporary name, renames it, then repl
 manifest atomically; only then is the old state removed. A crash at any point leaves the
 previous manifest pointing at a complete state folder. Shards a commit did not change are
 hard-linked from the previous state, so a commit costs one shard's write, not all of them.
+
+A folder may come from anyone: `read_manifest` refuses a manifest naming any path but the
+state's own regular files (`paths.py`), before anything is read or written through it.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Annotated
 
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .._version import __version__
 from ..config import MemoryConfig
@@ -41,6 +45,7 @@ from ..errors import (
     MemoryNotFoundError,
 )
 from ..records import Chunk, TransferItem
+from .paths import check_entry, check_manifest_paths, open_regular, plain_parts, read_regular
 
 SCHEMA_VERSION = 2
 MANIFEST_FILE = "manifest.json"
@@ -79,7 +84,7 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     schema_version: int = SCHEMA_VERSION
     library_version: str = __version__
-    prompt_version: int = 1
+    prompt_version: int = Field(1, ge=1, strict=True)
     """The version of the transfer prompts the memory's items were elicited with
     (`method.prompts.PROMPT_VERSION`); manifests older than the field were made with 1."""
     created_at: str
@@ -91,6 +96,9 @@ class Manifest(BaseModel):
     """Folder (relative) of the committed adapter and data; None before the first commit."""
     files: dict[str, str] = {}
     """sha256 of every file of the committed state, by path relative to the memory."""
+    compacted_shards: list[Annotated[int, Field(ge=0, strict=True)]] = []
+    """Shards written by compaction (many related documents, trained jointly). New
+    documents never go into them; the others are level 0."""
 
 
 def now() -> str:
@@ -101,10 +109,10 @@ def read_manifest(root: Path) -> Manifest:
     path = root / MANIFEST_FILE
     if not root.is_dir():
         raise MemoryNotFoundError(f"no memory at {root}: the folder does not exist")
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise MemoryNotFoundError(f"no memory at {root}: {MANIFEST_FILE} is missing")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_regular(path).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CorruptMemoryError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(raw, dict):
@@ -123,11 +131,13 @@ def read_manifest(root: Path) -> Manifest:
             f"(schema {SCHEMA_VERSION}): ingest its documents into a new memory"
         )
     try:
-        return Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(raw)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise CorruptMemoryError(f"{path}: invalid field '{where}': {first['msg']}") from None
+    check_manifest_paths(root, manifest.state, manifest.files)
+    return manifest
 
 
 def _as_int(value: object) -> object:
@@ -231,6 +241,8 @@ def remove_stale_states(root: Path, manifest: Manifest) -> None:
 @contextlib.contextmanager
 def write_lock(root: Path) -> Iterator[None]:
     """Hold the memory's single-writer lock, or fail at once naming the holder."""
+    for name in (LOCK_FILE, LOCK_OWNER_FILE):
+        _refuse_a_special_entry(root / name)
     lock = FileLock(str(root / LOCK_FILE), timeout=0)
     owner = root / LOCK_OWNER_FILE
     try:
@@ -241,12 +253,26 @@ def write_lock(root: Path) -> Iterator[None]:
             f"memory {root} is locked by pid {holder}; wait for it to finish or stop it"
         ) from None
     try:
-        owner.write_text(str(os.getpid()))
+        _write_owner(owner)
         yield
     finally:
         with contextlib.suppress(FileNotFoundError):
             owner.unlink()
         lock.release()
+
+
+def _refuse_a_special_entry(path: Path) -> None:
+    """A lock file that is a symlink or no regular file would make the lock write elsewhere."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise CorruptMemoryError(
+            f"{path} is a symlink or not a regular file; delete it, then try again"
+        )
+
+
+def _write_owner(owner: Path) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(owner, flags, 0o644), "w") as handle:
+        handle.write(str(os.getpid()))
 
 
 def _link_shards(
@@ -261,12 +287,14 @@ def _link_shards(
         inside = relative.removeprefix(prefix)
         if inside == relative or _shard_folder(inside) not in wanted:
             continue
-        target = staging / inside
+        check_entry(root, relative)  # read_manifest checked it; the folder may have changed
+        target = staging.joinpath(*plain_parts(root, inside))
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            os.link(root / relative, target)
-        except OSError:
-            shutil.copy2(root / relative, target)
+            os.link(root / relative, target, follow_symlinks=False)
+        except (OSError, NotImplementedError):  # no hard links here: copy
+            with open_regular(root / relative) as source, target.open("xb") as copy:
+                shutil.copyfileobj(source, copy)
         carried[inside] = digest
     return carried
 
@@ -288,7 +316,7 @@ def hash_tree(folder: Path, skip: set[str] | frozenset[str] = frozenset()) -> di
 
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open_regular(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -316,9 +344,10 @@ def _read_records(root: Path, manifest: Manifest, name: str, record_type: type) 
     relative = f"{manifest.state}/{name}"
     path = root / relative
     try:
-        if file_sha256(path) != manifest.files.get(relative):
+        content = read_regular(path)
+        if hashlib.sha256(content).hexdigest() != manifest.files.get(relative):
             raise CorruptMemoryError(f"{path} does not match its manifest hash; run `verify`")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = content.decode("utf-8").splitlines()
         return [record_type(**json.loads(line)) for line in lines if line.strip()]
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as error:
         raise CorruptMemoryError(f"cannot read {path}: {error}; run `verify`") from None

@@ -1,17 +1,31 @@
-"""Integrity check of a memory folder without loading the model: manifest schema, file
-hashes, adapter tensor shapes against the recorded base model and LoRA rank, and the chunk
-and transfer-item records against the documents the manifest lists."""
+"""Integrity check of a memory folder without loading the model: manifest schema and the
+paths it names, file hashes, adapter tensor shapes against the recorded base model and LoRA
+rank, finite adapter weights, and the chunk and transfer-item records against the documents
+the manifest lists."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from .. import store
 from ..errors import MemoryNotFoundError, ParametricMemoryError
 from ..records import Chunk, TransferItem
+from .paths import read_regular
+
+_EXPONENT_BITS = {
+    "F16": ("<u2", 0x7C00),
+    "BF16": ("<u2", 0x7F80),
+    "F32": ("<u4", 0x7F80_0000),
+    "F64": ("<u8", 0x7FF0_0000_0000_0000),
+}
+"""safetensors' float dtypes read as unsigned integers, and their exponent bits: a value
+with all of them set is NaN or infinite. As bits, bf16 needs no torch (which the store
+does not import)."""
 
 
 def verify_memory(path: str | Path) -> list[str]:
@@ -23,23 +37,28 @@ def verify_memory(path: str | Path) -> list[str]:
         raise
     except ParametricMemoryError as error:
         return [str(error)]
-    problems = []
-    for relative, expected in manifest.files.items():
-        file = root / relative
-        if not file.is_file():
-            problems.append(f"missing file {relative}")
-        elif store.file_sha256(file) != expected:
-            problems.append(f"hash mismatch in {relative}")
+    problems = [p for rel, digest in manifest.files.items() for p in _hash(root, rel, digest)]
     if manifest.state is not None and not problems:
         for shard in sorted({record.shard for record in manifest.documents.values()}):
             weights = store.shard_weights(root, manifest, shard)
             if weights is None:
                 problems.append(f"shard {shard} holds documents but has no adapter weights")
             else:
-                problems += _check_adapter(weights, manifest)
+                problems += _check_adapter(weights, manifest, weights.relative_to(root))
     if not problems:
         problems += record_problems(root, manifest)
     return problems
+
+
+def _hash(root: Path, relative: str, expected: str) -> list[str]:
+    """The problem with one file of the state (`read_manifest` checked its path), if any."""
+    try:
+        digest = store.file_sha256(root / relative)
+    except FileNotFoundError:
+        return [f"missing file {relative}"]
+    except (OSError, ParametricMemoryError) as error:
+        return [f"cannot read {relative}: {error}"]
+    return [] if digest == expected else [f"hash mismatch in {relative}"]
 
 
 def record_problems(root: Path, manifest: store.Manifest) -> list[str]:
@@ -75,8 +94,8 @@ def records_disagreement(
     return problems
 
 
-def _check_adapter(weights: Path, manifest: store.Manifest) -> list[str]:
-    """Every LoRA tensor has the rank the manifest's config gives."""
+def _check_adapter(weights: Path, manifest: store.Manifest, name: Path) -> list[str]:
+    """Every LoRA tensor has the rank the manifest's config gives and finite values."""
     rank = manifest.config.consolidation.lora_rank
     try:
         with safe_open(str(weights), framework="pt") as handle:
@@ -91,4 +110,26 @@ def _check_adapter(weights: Path, manifest: store.Manifest) -> list[str]:
             problems.append(f"{key}: rank {shape[-1]}, manifest says {rank}")
     if not shapes:
         problems.append("adapter weights hold no tensors")
-    return problems
+    return problems + [
+        f"{name}: tensor {key} holds NaN or infinite values; forget the documents of its "
+        "shard and add them again"
+        for key in _non_finite_tensors(weights)
+    ]
+
+
+def _non_finite_tensors(weights: Path) -> list[str]:
+    """Names of the float tensors of a safetensors file holding a NaN or an infinity."""
+    data = read_regular(weights)
+    start = 8 + int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:start])
+    found = []
+    for key, entry in header.items():
+        if key == "__metadata__" or entry["dtype"] not in _EXPONENT_BITS:
+            continue
+        dtype, exponent = _EXPONENT_BITS[entry["dtype"]]
+        begin, end = entry["data_offsets"]
+        count = (end - begin) // np.dtype(dtype).itemsize
+        bits = np.frombuffer(data, dtype=dtype, count=count, offset=start + begin)
+        if np.any((bits & exponent) == exponent):
+            found.append(key)
+    return found

@@ -1,0 +1,168 @@
+"""Compaction measured: N passages into one memory (level 0: a shard each), then compacted
+into shards of related passages at one or more group sizes, against the same model with the
+gold passage in its prompt, with BM25's top 3, and with the question alone.
+
+    python benchmarks/compaction.py --n 100 --out benchmarks/results/scratch/c100
+    python benchmarks/compaction.py --n 1048 --questions-per-doc 1 --sizes 32,64 \\
+        --memory /root/cmem --out /root/c1048 --phases ingest,compact
+
+Phases (any subset, in this order; each one's result is saved to OUT/compaction.json as it
+ends, and a rerun with the same --out skips the phases already there, so a run can be split
+over several processes): ingest (one `add_documents` call, compaction off), level0 (its
+answers), compact (for each size: a hard-linked copy of the level-0 memory compacted, then
+its answers), prompts (base, in-prompt, rag). Only the public API is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from common import ask_memory, load_documents
+from metrics import estimate
+from quality import (
+    SQUAD,
+    answer_from_prompts,
+    questions_of,
+    sample_documents,
+    score_records,
+)
+
+from parametric_memory import CompactionConfig, MemoryConfig, ParametricMemory
+
+PHASES = ("ingest", "level0", "compact", "prompts")
+log = logging.getLogger("compaction")
+
+
+def main() -> None:
+    args = _parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result_file = args.out / "compaction.json"
+    result = json.loads(result_file.read_text()) if result_file.exists() else {"rows": {}}
+    documents = sample_documents(load_documents(args.data), args.n, 0, args.questions_per_doc)
+    config = MemoryConfig.model_validate(
+        {**json.loads(args.config), "compaction": {"auto_after": None}}
+    )
+    for phase in [p for p in PHASES if p in args.phases]:
+        run_phase(phase, args, documents, config, result)
+        result_file.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+    (args.out / "compaction.md").write_text(render_markdown(result, args))
+
+
+def run_phase(
+    phase: str, args: argparse.Namespace, documents: list[dict], config: MemoryConfig, result
+) -> None:
+    rows = result["rows"]
+    level0 = args.memory / "level0"
+    if phase == "ingest" and "ingest" not in result:
+        result["ingest"] = ingest(documents, config, level0)
+    elif phase == "level0" and "level0" not in rows:
+        rows["level0"] = evaluate(ParametricMemory.open(level0), documents)
+    elif phase == "compact":
+        for size in args.sizes:
+            if f"compacted-{size}" not in rows:
+                rows[f"compacted-{size}"] = compact_and_evaluate(level0, size, documents)
+    elif phase == "prompts" and "rag" not in rows:
+        answered = answer_from_prompts(
+            documents, list(range(len(documents))), config, ["base", "in-prompt", "rag"]
+        )
+        rows.update({mode: summary(records) for mode, records in answered.items()})
+
+
+def ingest(documents: list[dict], config: MemoryConfig, folder: Path) -> dict:
+    shutil.rmtree(folder, ignore_errors=True)
+    memory = ParametricMemory.create(folder, config)
+    started = time.perf_counter()
+    memory.add_documents([d["text"] for d in documents], ids=[d["id"] for d in documents])
+    seconds = time.perf_counter() - started
+    info = memory.info()
+    log.info("level 0: %d documents in %.1fs", info.documents, seconds)
+    return {"seconds": round(seconds, 1), **_size(info)}
+
+
+def compact_and_evaluate(level0: Path, size: int, documents: list[dict]) -> dict:
+    folder = level0.with_name(f"compacted-{size}")
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(level0, folder, copy_function=os.link)  # the level-0 files stay as they are
+    memory = ParametricMemory.open(folder)
+    report = memory.compact(CompactionConfig(documents_per_shard=size, auto_after=None))
+    log.info("compacted into %d shards in %.1fs", report.shards_after, report.seconds)
+    row = evaluate(memory, documents)
+    row.update({"compaction_seconds": round(report.seconds, 1), **_size(memory.info())})
+    return row
+
+
+def evaluate(memory: ParametricMemory, documents: list[dict]) -> dict:
+    questions = questions_of(documents, range(len(documents)))
+    started = time.perf_counter()
+    answers = ask_memory(memory, [q["question"] for _, _, q in questions])
+    seconds = time.perf_counter() - started
+    row = summary(score_records(documents, questions, answers))
+    row.update({"answer_seconds": round(seconds, 1), **_size(memory.info())})
+    return row
+
+
+def summary(records: list[dict]) -> dict:
+    return {
+        "questions": len(records),
+        "contains": estimate([r["contains"] for r in records]),
+        "f1": estimate([r["f1"] for r in records]),
+    }
+
+
+def _size(info) -> dict:
+    return {
+        "shards": info.shards,
+        "adapter_bytes": info.adapter_bytes,
+        "adapter_bytes_per_document": round(info.adapter_bytes / max(1, info.documents)),
+    }
+
+
+def render_markdown(result: dict, args: argparse.Namespace) -> str:
+    lines = [
+        f"# Compaction, {args.n} passages of {args.data.name} "
+        f"({args.questions_per_doc or 'all'} questions each)",
+        "",
+        "| row | contains gold [95% CI] | F1 | shards | adapter MB/doc | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in result["rows"].items():
+        c = row["contains"]
+        low, high = c["ci95"]
+        mb = row.get("adapter_bytes_per_document")
+        seconds = row.get("compaction_seconds", row.get("answer_seconds", ""))
+        lines.append(
+            f"| {name} | {100 * c['mean']:.1f}% [{100 * low:.1f}-{100 * high:.1f}] "
+            f"| {row['f1']['mean']:.3f} | {row.get('shards', '')} "
+            f"| {'' if mb is None else f'{mb / 1e6:.2f}'} | {seconds} |"
+        )
+    if "ingest" in result:
+        lines += ["", f"Level-0 ingest: {result['ingest']['seconds']} s."]
+    return "\n".join(lines) + "\n"
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=SQUAD)
+    parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--questions-per-doc", type=int, default=5)
+    parser.add_argument("--sizes", default="32", help="documents per compacted shard, a list")
+    parser.add_argument("--phases", default=",".join(PHASES))
+    parser.add_argument("--config", default="{}", help="MemoryConfig fields as JSON")
+    parser.add_argument("--memory", type=Path, help="folder for the memories (default: OUT)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.phases = [p.strip() for p in args.phases.split(",")]
+    args.memory = args.memory or args.out
+    return args
+
+
+if __name__ == "__main__":
+    main()

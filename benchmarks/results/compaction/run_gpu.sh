@@ -1,0 +1,32 @@
+#!/bin/bash
+# Compaction on one GPU, real default model, squad-dev. The model file travels in halves
+# (../../../../shared/GPU.md): call 1 carries .gpu/a (part00 + gguf, bm25s, PyStemmer wheels)
+# and runs `bash benchmarks/results/compaction/run_gpu.sh setup-a`; call 2 carries .gpu/b
+# (part01, liger-kernel wheel, squad-dev.jsonl) and runs `... setup-b PHASES`; later calls
+# on the warm machine run `... run PHASES`. Results under /root/res, copied to $OUT.
+set -u
+step=$1; shift
+if [ "$step" = setup-a ]; then
+  mkdir -p /root/m && cp .gpu/a/* /root/m/
+  python3 -m pip install -q --no-deps /root/m/*.whl 2>&1 | tail -1
+  python3 --version; nvidia-smi -L
+  python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)"
+  exit 0
+fi
+if [ "$step" = setup-b ]; then
+  cp .gpu/b/* /root/m/
+  cat /root/m/part00 /root/m/part01 > /root/m/model.gguf
+  python3 -m pip install -q --no-deps /root/m/liger_kernel-*.whl 2>&1 | tail -1
+fi
+export PARAMETRIC_MEMORY_DEFAULT_GGUF=/root/m/model.gguf PARAMETRIC_MEMORY_CACHE=/root/pmcache
+export PYTHONPATH=$PWD/src:$PWD/benchmarks OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+R=/root/res; mkdir -p $R
+cd benchmarks
+timeout ${LIMIT:-540} python3 compaction.py --data /root/m/squad-dev.jsonl --n ${N:-1048} \
+  --questions-per-doc ${Q:-1} --sizes ${SIZES:-32} --phases "$1" --config "${CONFIG:-{\}}" \
+  --memory /root/mem --out $R/${LABEL:-n1048} > $R/${LABEL:-n1048}.log 2>&1
+echo "exit $?"
+grep -vE "it/s\]|Warning|warn" $R/${LABEL:-n1048}.log | tail -15 | cut -c1-250
+cp $R/${LABEL:-n1048}/compaction.* $OUT/ 2>/dev/null; cp $R/${LABEL:-n1048}.log $OUT/ 2>/dev/null
+cat $R/${LABEL:-n1048}/compaction.md 2>/dev/null
