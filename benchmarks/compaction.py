@@ -67,7 +67,9 @@ def run_phase(
     elif phase == "compact":
         for size in args.sizes:
             if f"compacted-{size}" not in rows:
-                rows[f"compacted-{size}"] = compact_and_evaluate(level0, size, documents)
+                rows[f"compacted-{size}"] = compact_and_evaluate(
+                    level0, size, documents, json.loads(args.compaction)
+                )
     elif phase == "prompts" and "rag" not in rows:
         answered = answer_from_prompts(
             documents, list(range(len(documents))), config, ["base", "in-prompt", "rag"]
@@ -86,12 +88,15 @@ def ingest(documents: list[dict], config: MemoryConfig, folder: Path) -> dict:
     return {"seconds": round(seconds, 1), **_size(info)}
 
 
-def compact_and_evaluate(level0: Path, size: int, documents: list[dict]) -> dict:
+def compact_and_evaluate(
+    level0: Path, size: int, documents: list[dict], overrides: dict
+) -> dict:
     folder = level0.with_name(f"compacted-{size}")
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(level0, folder, copy_function=os.link)  # the level-0 files stay as they are
     memory = ParametricMemory.open(folder)
-    report = memory.compact(CompactionConfig(documents_per_shard=size, auto_after=None))
+    settings = {**overrides, "documents_per_shard": size, "auto_after": None}
+    report = memory.compact(CompactionConfig(**settings))
     log.info("compacted into %d shards in %.1fs", report.shards_after, report.seconds)
     row = evaluate(memory, documents)
     row.update({"compaction_seconds": round(report.seconds, 1), **_size(memory.info())})
@@ -155,6 +160,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--sizes", default="32", help="documents per compacted shard, a list")
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--config", default="{}", help="MemoryConfig fields as JSON")
+    parser.add_argument("--compaction", default="{}", help="CompactionConfig fields as JSON")
     parser.add_argument("--memory", type=Path, help="folder for the memories (default: OUT)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_model import build_tiny_model
+from tiny_model import build_tiny_model, tiny_memory_config
 
 from parametric_memory import MemoryConfig
 
@@ -15,8 +15,4 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_config(tiny_model_dir) -> MemoryConfig:
-    return MemoryConfig(
-        model=str(tiny_model_dir),
-        elicitation={"max_answer_tokens": 8, "items_per_chunk": 8},
-        consolidation={"epochs": 1, "lora_rank": 4},
-    )
+    return tiny_memory_config(tiny_model_dir)

@@ -194,3 +194,38 @@ def test_shards_stored_in_bfloat16_take_half_the_bytes_and_answer(tmp_path, tiny
         assert {tensor.dtype for tensor in tensors.values()} == {torch.bfloat16}
     reopened = ParametricMemory.open(halved.root)
     assert reopened.ask("Who founded the Zorbian festival?", max_new_tokens=4)
+
+
+def test_a_reader_opened_before_a_compaction_follows_it(tmp_path, tiny_config):
+    """Another process's commit retires the state a reader read; the reader picks up the
+    new one instead of failing on files that are gone."""
+    writer = _filled(tmp_path, tiny_config)
+    reader = ParametricMemory.open(writer.root)
+    questions = ["What do kelp boats cut?", "Who founded the Zorbian festival?"]
+    reader.ask_batch(questions, max_new_tokens=4)
+    old_state = store.read_manifest(writer.root).state
+    writer.compact(progress=False)
+    assert not (writer.root / old_state).exists()
+    assert reader.ask_batch(questions, max_new_tokens=4)
+    assert "".join(reader.stream(questions[0], max_new_tokens=4)) is not None
+    assert reader.info().shards == 2
+    assert reader.documents["kelp"].shard == writer.documents["kelp"].shard
+
+
+def test_a_memory_opened_while_a_commit_retires_its_state_opens_the_new_one(
+    tmp_path, tiny_config, monkeypatch
+):
+    """The commit lands after `open` read the manifest and before it loaded a shard."""
+    from parametric_memory import memory as memory_module
+
+    writer = _filled(tmp_path, tiny_config)
+    load_model = memory_module.load_model
+
+    def load_during_a_commit(config):
+        writer.compact(progress=False)
+        return load_model(config)
+
+    monkeypatch.setattr(memory_module, "load_model", load_during_a_commit)
+    reader = ParametricMemory.open(writer.root)
+    assert reader.info().shards == 2
+    assert reader.ask("When is the Zorbian festival?", max_new_tokens=4)

@@ -26,6 +26,7 @@ from unittest import mock
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_model import tiny_memory_config
 
 from parametric_memory import (
     InvalidDocumentError,
@@ -57,19 +58,11 @@ QUESTION = "When is the lantern festival?"
 HANG_LIMIT_S = 60
 
 
-def tiny_config(model_dir: Path) -> MemoryConfig:
-    return MemoryConfig(
-        model=str(model_dir),
-        elicitation={"max_answer_tokens": 8, "items_per_chunk": 8},
-        consolidation={"epochs": 1, "lora_rank": 4},
-    )
-
-
 @pytest.fixture(scope="module")
 def two_shards(tmp_path_factory, tiny_model_dir) -> Path:
     """A sound memory of two documents in two shards, so that routing is used."""
     root = tmp_path_factory.mktemp("hostile") / "memory"
-    memory = ParametricMemory.create(root, tiny_config(tiny_model_dir))
+    memory = ParametricMemory.create(root, tiny_memory_config(tiny_model_dir))
     memory.add_documents(list(FACTS.values()), ids=list(FACTS), progress=False)
     assert memory.info().shards == 2
     assert verify_memory(root) == []

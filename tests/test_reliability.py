@@ -38,6 +38,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
+from tiny_model import tiny_memory_config
 
 from parametric_memory import (
     InvalidDocumentError,
@@ -78,19 +79,11 @@ def cases(count: int) -> settings:
 
 
 # --- shared helpers ---------------------------------------------------------------------------
-def tiny_config(model_dir: Path) -> MemoryConfig:
-    return MemoryConfig(
-        model=str(model_dir),
-        elicitation={"max_answer_tokens": 8, "items_per_chunk": 8},
-        consolidation={"epochs": 1, "lora_rank": 4},
-    )
-
-
 @pytest.fixture(scope="module")
 def sound_memory(tmp_path_factory, tiny_model_dir) -> Path:
     """One small valid memory; every test that damages or writes works on a copy."""
     root = tmp_path_factory.mktemp("sound") / "memory"
-    memory = ParametricMemory.create(root, tiny_config(tiny_model_dir))
+    memory = ParametricMemory.create(root, tiny_memory_config(tiny_model_dir))
     memory.add_documents(list(FACTS.values()), ids=list(FACTS), progress=False)
     assert verify_memory(root) == []
     return root
@@ -667,7 +660,8 @@ def test_config_refuses_values_that_break_later(fields):
     "fields", [{"consolidation": {"target_modules": ["no_such_layer"]}}, {"device": "cuda:4096"}]
 )
 def test_a_config_the_model_cannot_take_is_a_library_error(tmp_path, tiny_model_dir, fields):
-    config = MemoryConfig.model_validate({**tiny_config(tiny_model_dir).model_dump(), **fields})
+    base = tiny_memory_config(tiny_model_dir).model_dump()
+    config = MemoryConfig.model_validate({**base, **fields})
     with pytest.raises(ParametricMemoryError):
         ParametricMemory.create(tmp_path / "m", config)
 

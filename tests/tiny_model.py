@@ -9,6 +9,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from parametric_memory import MemoryConfig
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
@@ -20,6 +22,15 @@ _CORPUS = [
     "New hires get 27 vacation days. The festival is held in Quillhaven every May 14.",
     "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ .,;:!?'\"()-_/",
 ]
+
+
+def tiny_memory_config(model_dir: Path) -> MemoryConfig:
+    """A memory config small enough for unit tests on the tiny model (seconds a document)."""
+    return MemoryConfig(
+        model=str(model_dir),
+        elicitation={"max_answer_tokens": 8, "items_per_chunk": 8},
+        consolidation={"epochs": 1, "lora_rank": 4},
+    )
 
 
 def build_tiny_model(folder: Path, seed: int = 0) -> Path:

@@ -48,8 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def prefer_expandable_segments() -> None:
     """Let PyTorch's CUDA allocator grow segments instead of caching fixed blocks, unless the
     user configured it: documents trained together allocate tensors of ever-changing shapes,
-    and with fixed blocks 100 passages at once reserved 126 GB of an H200 instead of 61.7 GB
-    (benchmarks/results/multi_gpu/run13-allocator). Read when CUDA first allocates."""
+    and with fixed blocks the cached blocks of every past shape stay reserved (about twice
+    the memory; measured: see benchmarks/RESULTS.md). Read when CUDA first allocates."""
     if "PYTORCH_CUDA_ALLOC_CONF" not in os.environ and "PYTORCH_ALLOC_CONF" not in os.environ:
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 

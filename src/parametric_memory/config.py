@@ -160,9 +160,11 @@ class CompactionConfig(_Config):
 
     documents_per_shard: int = Field(32, ge=2, le=100_000)
     """Documents consolidated together into one compacted shard."""
-    auto_after: int | None = Field(64, ge=2, le=10_000_000)
-    """Compact by itself, at the end of an ingest, once level 0 holds this many documents;
-    None: only on demand (`ParametricMemory.compact`, `parametric-memory compact`)."""
+    auto_after: int | None = Field(None, ge=2, le=10_000_000)
+    """Compact by itself, at the end of an ingest, once level 0 holds this many documents
+    (e.g. 64: two shards of 32 at a time); None: only on demand (`ParametricMemory.compact`,
+    `parametric-memory compact`). Off by default until compacted accuracy on real models is
+    measured against level 0 (benchmarks/compaction.py)."""
     epochs: int | None = Field(None, ge=1, le=1000)
     """Passes over a group's items; None: `consolidation.epochs`."""
     batch_size: int | None = Field(None, ge=1, le=4096)

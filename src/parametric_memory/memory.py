@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from peft import PeftModel, set_peft_model_state_dict
 from pydantic import BaseModel
@@ -46,6 +47,10 @@ from .sharding import items_of_shard
 from .store.verify import record_problems, records_disagreement
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+_READ_ATTEMPTS = 5
+"""Reads repeated on newer states when commits keep retiring the one being read."""
 
 
 class MemoryInfo(BaseModel):
@@ -80,6 +85,9 @@ class ParametricMemory:
         self._active_shard: int | None = None
         """The shard whose committed weights the adapter holds; None when unknown."""
         self._router_cache: tuple[str | None, ShardRouter] | None = None
+        self._manifest_stamp: tuple[int, int, int] | None = None
+        """What the manifest file was when `_manifest` was last compared with it: a reader
+        re-reads it only when another writer has replaced it (None: not yet compared)."""
         self._model_lock = threading.RLock()
         """Held while a call loads, trains or answers with the adapter: threads sharing a
         memory (async integrations run calls in threads) take turns on the one model."""
@@ -129,9 +137,7 @@ class ParametricMemory:
                 f"{root} asks to run its model's own code (trust_remote_code); open it with "
                 "trust_remote_code=True only if you trust that model"
             )
-        problems = record_problems(root, manifest)
-        if problems:
-            raise CorruptMemoryError(f"{root}: {problems[0]}; run `verify`")
+        manifest = _sound_committed_state(root, manifest)
         if device is not None:
             config = config.model_copy(update={"device": device})
         lm = load_model(config)
@@ -142,7 +148,7 @@ class ParametricMemory:
                 f"{lm.fingerprint}: use the same base model weights"
             )
         memory = cls(root, manifest, lm)
-        memory._activate(memory._newest_shard())
+        memory._following_commits(lambda: memory._activate(memory._newest_shard()))
         return memory
 
     def _activate(self, shard: int) -> None:
@@ -177,9 +183,11 @@ class ParametricMemory:
 
     @property
     def documents(self) -> dict[str, store.DocumentRecord]:
+        self._pick_up_commits()
         return dict(self._manifest.documents)
 
     def info(self) -> MemoryInfo:
+        self._pick_up_commits()
         manifest = self._manifest
         shards = self._shards()
         weights = [store.shard_weights(self.root, manifest, shard) for shard in shards]
@@ -391,8 +399,41 @@ class ParametricMemory:
     def _stream_routed(self, question: str, max_new_tokens: int) -> Iterator[str]:
         with self._model_lock:
             self._check_fits([question], max_new_tokens)
-            with self._answering_with(self._router().shards_for([question])[0]):
+            shard = self._following_commits(lambda: self._routed_and_loaded(question))
+            with self._answering_with(shard):
                 yield from stream(self._lm, question, max_new_tokens)
+
+    def _routed_and_loaded(self, question: str) -> int:
+        shard = self._router().shards_for([question])[0]
+        self._activate(shard)
+        return shard
+
+    def _following_commits(self, read: Callable[[], _T]) -> _T:
+        """`read()` on the newest committed state. Another process may commit (and retire the
+        state this memory read) at any moment, so a read that fails on a state that is no
+        longer the committed one is repeated on the new one; on the committed state a
+        failure is real damage."""
+        for _ in range(_READ_ATTEMPTS):
+            self._pick_up_commits()
+            try:
+                return read()
+            except CorruptMemoryError:
+                if store.read_manifest(self.root).state == self._manifest.state:
+                    raise
+                self._manifest_stamp = None  # a newer state: read it on the next attempt
+        return read()
+
+    def _pick_up_commits(self) -> None:
+        """Follow the manifest if another writer replaced it since it was last read (one
+        `stat` when nothing changed)."""
+        stamp = _manifest_stamp(self.root)
+        if stamp == self._manifest_stamp:
+            return
+        latest = store.read_manifest(self.root)
+        self._manifest_stamp = stamp
+        if latest.state != self._manifest.state:
+            self._manifest = latest
+            self._active_shard = None
 
     def _generate_routed(
         self, prompts: list[str], routing_texts: list[str], max_new_tokens: int
@@ -401,6 +442,13 @@ class ParametricMemory:
         is routed to; one batch per shard."""
         with self._model_lock:  # the tokenizer is not shared with a running ingest
             self._check_fits(prompts, max_new_tokens)
+            return self._following_commits(
+                lambda: self._answers(prompts, routing_texts, max_new_tokens)
+            )
+
+    def _answers(
+        self, prompts: list[str], routing_texts: list[str], max_new_tokens: int
+    ) -> list[str]:
         shards = self._router().shards_for(routing_texts)
         answers = [""] * len(prompts)
         for shard in sorted(set(shards)):
@@ -522,6 +570,29 @@ def check_max_new_tokens(value: object) -> int:
             f"(MAX_NEW_TOKENS), got {reprlib.repr(value)}: pass a number in that range"
         )
     return value
+
+
+def _manifest_stamp(root: Path) -> tuple[int, int, int] | None:
+    """Changes whenever a commit replaces the manifest (a new file: a new inode)."""
+    try:
+        stat = (root / store.MANIFEST_FILE).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def _sound_committed_state(root: Path, manifest: store.Manifest) -> store.Manifest:
+    """`manifest` if its state's records are sound, else the newer one a commit made while
+    they were read; refused if the committed state itself is damaged."""
+    for _ in range(_READ_ATTEMPTS):
+        problems = record_problems(root, manifest)
+        if not problems:
+            return manifest
+        latest = store.read_manifest(root)
+        if latest.state == manifest.state:
+            break
+        manifest = latest
+    raise CorruptMemoryError(f"{root}: {problems[0]}; run `verify`")
 
 
 def _check_query(text: object, label: str) -> None:

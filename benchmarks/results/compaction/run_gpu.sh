@@ -2,8 +2,8 @@
 # Compaction on one GPU, real default model, squad-dev. The model file travels in halves
 # (../../../../shared/GPU.md): call 1 carries .gpu/a (part00 + gguf, bm25s, PyStemmer wheels)
 # and runs `bash benchmarks/results/compaction/run_gpu.sh setup-a`; call 2 carries .gpu/b
-# (part01, liger-kernel wheel, squad-dev.jsonl) and runs `... setup-b PHASES`; later calls
-# on the warm machine run `... run PHASES`. Results under /root/res, copied to $OUT.
+# (part01, liger-kernel wheel, squad-dev.jsonl) and runs `... setup-b`, then `... tests` (the
+# CUDA equivalence tests) and `... run PHASES` on the warm machine. Results under /root/res, copied to $OUT.
 set -u
 step=$1; shift
 if [ "$step" = setup-a ]; then
@@ -17,6 +17,14 @@ if [ "$step" = setup-b ]; then
   cp .gpu/b/* /root/m/
   cat /root/m/part00 /root/m/part01 > /root/m/model.gguf
   python3 -m pip install -q --no-deps /root/m/liger_kernel-*.whl 2>&1 | tail -1
+  exit 0
+fi
+if [ "$step" = tests ]; then  # the CUDA equivalence tests (they skip on a CPU)
+  timeout ${LIMIT:-240} python3 -m pytest -q -x -p no:cacheprovider tests/test_answer_indexing.py \
+    tests/test_consolidate.py tests/test_fast_generation.py tests/test_fused_kernels.py \
+    tests/test_merged_adapter.py tests/test_parallel_shards.py tests/test_house_plan.py \
+    -k "cuda or CUDA or graph or fused or merged or slot or together" 2>&1 | tail -15
+  exit 0
 fi
 export PARAMETRIC_MEMORY_DEFAULT_GGUF=/root/m/model.gguf PARAMETRIC_MEMORY_CACHE=/root/pmcache
 export PYTHONPATH=$PWD/src:$PWD/benchmarks OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
@@ -24,7 +32,7 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 R=/root/res; mkdir -p $R
 cd benchmarks
 timeout ${LIMIT:-540} python3 compaction.py --data /root/m/squad-dev.jsonl --n ${N:-1048} \
-  --questions-per-doc ${Q:-1} --sizes ${SIZES:-32} --phases "$1" --config "${CONFIG:-{\}}" \
+  --questions-per-doc ${Q:-1} --sizes ${SIZES:-32} --phases "$1" --config "${CONFIG:-{\}}" --compaction "${COMPACTION:-{\}}" \
   --memory /root/mem --out $R/${LABEL:-n1048} > $R/${LABEL:-n1048}.log 2>&1
 echo "exit $?"
 grep -vE "it/s\]|Warning|warn" $R/${LABEL:-n1048}.log | tail -15 | cut -c1-250

@@ -360,8 +360,7 @@ def _next_state_name(current: str | None) -> str:
 
 _FILE_THREADS = min(16, os.cpu_count() or 1)
 """Threads that hash or sync a commit's files. hashlib and fsync release the GIL, so a
-commit of many new 20 MB shards is not held to one core's hashing speed (1.6 GB/s on a
-2-core CPU, 3.0 GB/s over the pool: `benchmarks/results/commit_io/hash_speed.py`)."""
+commit of many new 20 MB shards is not held to one core's hashing speed."""
 
 
 def _files(folder: Path, skip: set[str] | frozenset[str]) -> list[Path]:
