@@ -53,3 +53,7 @@ class InvalidArgumentError(ParametricMemoryError, ValueError):
 
 class GenerationTimeoutError(ParametricMemoryError, TimeoutError):
     """Generation produced no text for longer than its timeout."""
+
+
+class StorageFullError(ParametricMemoryError, OSError):
+    """The memory's disk (or quota) is full; the last commit is intact."""

@@ -116,7 +116,7 @@ class ParametricMemory:
             prompt_version=PROMPT_VERSION,
         )
         root.mkdir(parents=True, exist_ok=True)
-        with store.write_lock(root):
+        with store.storage_errors(root), store.write_lock(root):
             if (root / store.MANIFEST_FILE).exists():
                 raise MemoryExistsError(f"{root} already holds a memory; open it instead")
             store.write_manifest(root, manifest)
@@ -238,7 +238,7 @@ class ParametricMemory:
 
     def _ingest(self, documents: list[Document], progress: bool) -> IngestReport:
         self._warn_of_other_prompts()
-        with self._model_lock, store.write_lock(self.root):
+        with store.storage_errors(self.root), self._model_lock, store.write_lock(self.root):
             report = Ingest(self.writer(), documents).run(progress)
             threshold = self.config.compaction.auto_after
             if threshold is not None and len(level_zero(self._manifest)) >= threshold:
@@ -253,7 +253,7 @@ class ParametricMemory:
         in one atomic commit. Answers then come from fewer, smaller shards per document,
         which the router picks right more often. `settings`: this call's, instead of the
         memory's `config.compaction`."""
-        with self._model_lock, store.write_lock(self.root):
+        with store.storage_errors(self.root), self._model_lock, store.write_lock(self.root):
             return Compaction(self.writer(), settings).run(progress)
 
     def _warn_of_other_prompts(self) -> None:
@@ -325,7 +325,7 @@ class ParametricMemory:
         """Remove a document and its influence: its shard's adapter is retrained from scratch
         on the kept transfer items of the shard's other documents, then committed atomically."""
         self._warn_of_other_prompts()
-        with self._model_lock, store.write_lock(self.root):
+        with store.storage_errors(self.root), self._model_lock, store.write_lock(self.root):
             chunk_records, item_records = self._refresh()
             if document_id not in self._manifest.documents:
                 raise DocumentNotFoundError(f"the memory holds no document {document_id!r}")

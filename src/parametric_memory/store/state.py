@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -43,6 +44,8 @@ from ..errors import (
     IncompatibleMemoryError,
     MemoryLockedError,
     MemoryNotFoundError,
+    ParametricMemoryError,
+    StorageFullError,
 )
 from ..records import Chunk, TransferItem
 from .paths import check_entry, check_manifest_paths, open_regular, plain_parts, read_regular
@@ -270,9 +273,34 @@ def _refuse_a_special_entry(path: Path) -> None:
 
 
 def _write_owner(owner: Path) -> None:
+    """Name the lock's holder for the next writer's message; best effort: on a full disk the
+    lock still holds, and a writer that only frees space (`forget`) must still run."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-    with os.fdopen(os.open(owner, flags, 0o644), "w") as handle:
-        handle.write(str(os.getpid()))
+    try:
+        with os.fdopen(os.open(owner, flags, 0o644), "w") as handle:
+            handle.write(str(os.getpid()))
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+
+
+DISK_FULL = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+"""The errors of a full disk or an exhausted quota."""
+
+
+@contextlib.contextmanager
+def storage_errors(root: Path) -> Iterator[None]:
+    """Inside, a full disk surfaces as `StorageFullError` (one line), not a bare OSError.
+    Commits are atomic, so the memory still holds its last commit."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_FULL or isinstance(error, ParametricMemoryError):
+            raise
+        raise StorageFullError(
+            f"no space left on the disk of {root} ({error.strerror}); nothing was committed "
+            "and the memory holds its last commit: free space on that disk, then try again"
+        ) from None
 
 
 def _link_shards(
