@@ -82,9 +82,9 @@ def test_the_command_line_says_the_disk_is_full_in_one_line(
     document = tmp_path / "kelp.md"
     document.write_text(SECOND)
     fill(small_disk)
+    memory_flag = ["--memory", str(small_disk / "memory")]
     result = subprocess.run(
-        [sys.executable, "-m", "parametric_memory.cli", "ingest", str(document)]
-        + ["--memory", str(small_disk / "memory")],
+        [sys.executable, "-m", "parametric_memory.cli", "ingest", str(document), *memory_flag],
         capture_output=True,
         text=True,
         timeout=600,

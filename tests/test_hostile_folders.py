@@ -31,6 +31,7 @@ from tiny_model import tiny_memory_config
 from parametric_memory import (
     InvalidDocumentError,
     MemoryConfig,
+    ModelLoadError,
     ParametricMemory,
     cli,
     store,
@@ -491,3 +492,15 @@ def test_a_memory_of_wordless_documents_answers(tmp_path, tiny_config):
     memory.delete_document("digits.md", progress=False)
     assert isinstance(memory.ask("To be?", max_new_tokens=3), str)
     assert verify_memory(memory.root) == []
+
+
+def test_a_manifest_naming_a_hub_model_never_makes_open_download_it(two_shards, tmp_path):
+    """Only the local cache is searched unless the caller allows downloads: the load fails
+    at once, naming the way to allow them, instead of reaching for the hub."""
+    root = tmp_path / "memory"
+    shutil.copytree(two_shards, root)
+    manifest = json.loads((root / store.MANIFEST_FILE).read_text())
+    manifest["config"]["model"] = "example-org/a-model-nobody-has-cached"
+    (root / store.MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="allow_downloads=True"):
+        ParametricMemory.open(root)

@@ -124,11 +124,18 @@ class ParametricMemory:
 
     @classmethod
     def open(
-        cls, path: str | Path, *, device: str | None = None, trust_remote_code: bool = False
+        cls,
+        path: str | Path,
+        *,
+        device: str | None = None,
+        trust_remote_code: bool = False,
+        allow_downloads: bool = False,
     ) -> ParametricMemory:
         """Open an existing memory; `device` overrides where the model runs this time. A
         memory whose manifest asks to run the model's own code opens only if the caller
-        allows it with `trust_remote_code=True`: a folder must never be able to run code."""
+        allows it with `trust_remote_code=True`: a folder must never be able to run code.
+        A hub model the manifest names loads from the local cache only, unless the caller
+        allows downloads: a folder must not make the process fetch from a network."""
         root = Path(path)
         manifest = store.read_manifest(root)
         config = manifest.config
@@ -140,7 +147,7 @@ class ParametricMemory:
         manifest = _sound_committed_state(root, manifest)
         if device is not None:
             config = config.model_copy(update={"device": device})
-        lm = load_model(config)
+        lm = load_model(config, allow_downloads=allow_downloads)
         if lm.fingerprint != manifest.base_model.fingerprint:
             raise IncompatibleMemoryError(
                 f"{root} was built on model {manifest.base_model.name!r} (fingerprint "

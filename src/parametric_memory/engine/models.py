@@ -134,19 +134,27 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return getattr(torch, dtype)
 
 
-def load_model(config: MemoryConfig) -> LoadedModel:
+_LOCAL_ONLY_HINT = (
+    " (only the local cache was searched: open the memory with allow_downloads=True to fetch it)"
+)
+
+
+def load_model(config: MemoryConfig, *, allow_downloads: bool = True) -> LoadedModel:
+    """The base model `config` names. With `allow_downloads` False a hub id loads only from
+    the local cache: opening a memory folder must not make the process fetch from a network
+    a model the folder names."""
     source = str(converted_default_model()) if config.model == "default" else config.model
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.dtype, device)
+    options = {"trust_remote_code": config.trust_remote_code}
+    if not allow_downloads:
+        options["local_files_only"] = True
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, trust_remote_code=config.trust_remote_code
-        )
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, trust_remote_code=config.trust_remote_code
-        )
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **options)
     except (OSError, ValueError, KeyError) as error:
-        raise ModelLoadError(f"cannot load model {config.model!r}: {error}") from None
+        hint = "" if allow_downloads else _LOCAL_ONLY_HINT
+        raise ModelLoadError(f"cannot load model {config.model!r}: {error}{hint}") from None
     model.to(device).eval()
     model.requires_grad_(False)
     backend = choose_backend(device, config.engine)
