@@ -22,6 +22,10 @@ stage times of that document, and what the kill left on disk. `--forget-kills N`
 SIGKILLs `parametric-memory forget` between taking the write lock and a little after its
 commit: the document must then be either wholly held or wholly gone.
 
+A reader process calls `ParametricMemory.open(path).ask(...)` in a loop during every child
+run (calibration, kills and reruns; readers never take the lock): its errors are recorded
+per trial, none is expected (an empty memory answers too, with the base model).
+
 `--compact-kills N` SIGKILLs `parametric-memory compact` on a memory holding every document
 at level 0 (a shard each; compaction only on demand), `--compact-group` documents to a
 compacted shard, so each commit replaces one group's level-0 shards; half the runs start
@@ -34,9 +38,7 @@ start and its commit. After every kill: the memory verifies and opens; every doc
 held once with its content hash; each is in its own level-0 shard or a compacted one, and
 `compacted_shards` lists exactly the shards holding compacted documents; nothing committed
 before the kill is undone. Then the compaction reruns to its end: every document compacted,
-the memory verifies, nothing stale left. All the while a reader process calls
-`ParametricMemory.open(path).ask(...)` in a loop (readers never take the lock): its errors
-are recorded, none is expected.
+the memory verifies, nothing stale left; the reader asks all along.
 
     python benchmarks/crash_harness.py --kills 100 --seed 0 --out benchmarks/results/crash_harness
     python benchmarks/crash_harness.py --kills 0 --compact-kills 20 --documents 6 \
@@ -62,7 +64,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -303,10 +305,11 @@ def document_timings(run: CliRun) -> dict[str, DocumentTiming]:
     return timings
 
 
-def calibrate(ws: Workspace, scratch: Path) -> Timeline:
+def calibrate(ws: Workspace, scratch: Path, reader: ReaderChild, reads: Reads) -> Timeline:
     memory = _fresh_copy(ws.empty_memory, scratch / "calibration")
-    run = CliRun(ingest_args(ws, memory))
-    code, stdout = run.finish()
+    with reader.reading(memory, reads):
+        run = CliRun(ingest_args(ws, memory))
+        code, stdout = run.finish()
     if code != 0 or f"added {len(ws.order)} document(s)" not in stdout:
         raise RuntimeError(f"uninterrupted ingest failed ({code}): {stdout} {run.events[-5:]}")
     return Timeline(document_timings(run), run.elapsed())
@@ -389,6 +392,8 @@ class Trial:
     resumed: bool
     stray_after_resume: list[str]
     failures: list[str] = field(default_factory=list)
+    reader_calls: int = 0
+    reader_errors: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -510,10 +515,16 @@ def check_after_kill(ws: Workspace, root: Path, before: list[str], run: CliRun) 
 
 
 def check_resume(
-    ws: Workspace, timeline: Timeline, root: Path, held_before: int
+    ws: Workspace,
+    timeline: Timeline,
+    root: Path,
+    held_before: int,
+    reader: ReaderChild,
+    reads: Reads,
 ) -> tuple[list[str], list[str]]:
-    run = CliRun(ingest_args(ws, root))
-    code, stdout = run.finish()
+    with reader.reading(root, reads):
+        run = CliRun(ingest_args(ws, root))
+        code, stdout = run.finish()
     if code == 0:
         timeline.update(run)
     failures = []
@@ -534,27 +545,35 @@ def check_resume(
 
 
 def run_trial(
-    index: int, ws: Workspace, timeline: Timeline, start: Path, scratch: Path, rng: random.Random
-) -> Trial | None:
+    index: int,
+    ws: Workspace,
+    timeline: Timeline,
+    start: Path,
+    scratch: Path,
+    rng: random.Random,
+    reader: ReaderChild,
+) -> tuple[Trial | None, Reads]:
     """One kill and its checks; None if the run finished before the kill landed."""
     root = _fresh_copy(start, scratch / f"trial-{index:03d}")
     before = holdings(root).ids
     debris_before = set(unreferenced_entries(root))
     moment = draw_moment(rng, timeline, [d for d in ws.order if d not in before])
-    run = CliRun(ingest_args(ws, root))
-    killed = kill_at(run, moment)
-    run.finish()
+    reads = Reads()
+    with reader.reading(root, reads):
+        run = CliRun(ingest_args(ws, root))
+        killed = kill_at(run, moment)
+        run.finish()
     if not killed:
         shutil.rmtree(root, ignore_errors=True)
-        return None
+        return None, reads
     leftovers = sorted(set(unreferenced_entries(root)) - debris_before)
     checked = check_after_kill(ws, root, before, run)
     held = checked.held
     _fresh_copy(root, scratch / f"killed-{index:03d}")
-    resume_failures, stray = check_resume(ws, timeline, root, len(held.ids))
+    resume_failures, stray = check_resume(ws, timeline, root, len(held.ids), reader, reads)
     final = holdings(root)
     shutil.rmtree(root, ignore_errors=True)
-    return Trial(
+    trial = Trial(
         index=index,
         command="ingest",
         mode=moment.mode,
@@ -570,7 +589,10 @@ def run_trial(
         resumed=not resume_failures,
         stray_after_resume=stray,
         failures=checked.failures + resume_failures,
+        reader_calls=reads.attempts,
+        reader_errors=reads.errors,
     )
+    return trial, reads
 
 
 def _duplicates(held: Holdings) -> list[str]:
@@ -599,19 +621,27 @@ def wait_for_commit(run: CliRun, root: Path) -> float:
 
 
 def run_forget_trial(
-    index: int, ws: Workspace, full: Path, scratch: Path, rng: random.Random, locked_s: float
-) -> Trial | None:
+    index: int,
+    ws: Workspace,
+    full: Path,
+    scratch: Path,
+    rng: random.Random,
+    locked_s: float,
+    reader: ReaderChild,
+) -> tuple[Trial | None, Reads]:
     """SIGKILL `forget` between taking the lock and a little after its commit."""
     root = _fresh_copy(full, scratch / f"forget-{index:03d}")
     target = rng.choice(ws.order)
-    run = CliRun(["-v", "forget", target, "--memory", str(root)])
-    wait_for_lock(run, root)
-    time.sleep(rng.uniform(0.0, locked_s))
-    killed = run.kill()
-    run.finish()
+    reads = Reads()
+    with reader.reading(root, reads):
+        run = CliRun(["-v", "forget", target, "--memory", str(root)])
+        wait_for_lock(run, root)
+        time.sleep(rng.uniform(0.0, locked_s))
+        killed = run.kill()
+        run.finish()
     if not killed:
         shutil.rmtree(root, ignore_errors=True)
-        return None
+        return None, reads
     leftovers = unreferenced_entries(root)
     failures = reopen_failures(root)
     clean_reopen = not failures
@@ -622,8 +652,8 @@ def run_forget_trial(
     gone = target not in held.ids
     if gone and _text_on_disk(root, ws.texts[target]):
         failures.append(f"{target} is forgotten but its text is still in the memory's files")
-    rerun = CliRun(["forget", target, "--memory", str(root)])
-    code, _ = rerun.finish()
+    with reader.reading(root, reads):
+        code, _ = CliRun(["forget", target, "--memory", str(root)]).finish()
     if code not in (0, 1) or (code == 1 and not gone):
         failures.append(f"rerunning forget exited {code}")
     final = holdings(root)
@@ -631,7 +661,7 @@ def run_forget_trial(
         failures.append(f"after rerunning forget the memory holds {final.ids}")
     stray = unreferenced_entries(root)
     shutil.rmtree(root, ignore_errors=True)
-    return Trial(
+    trial = Trial(
         index=index,
         command=f"forget {target}",
         mode="locked",
@@ -647,7 +677,10 @@ def run_forget_trial(
         resumed=not failures,
         stray_after_resume=stray,
         failures=failures,
+        reader_calls=reads.attempts,
+        reader_errors=reads.errors,
     )
+    return trial, reads
 
 
 def _forget_phase(gone: bool, leftovers: list[str]) -> str:
@@ -886,17 +919,18 @@ def watched_compaction(
 ) -> tuple[CliRun, FolderWatch, Reads]:
     """A compaction child with its folder watched and a reader asking the memory all along;
     SIGKILLed at `moment` if one is given. Returns once the child ended."""
-    reader.read(root)
-    run = CliRun(compact_args(root, group))
-    watch = FolderWatch(root, run)
-    if moment is not None:
-        kill_compaction_at(run, watch, moment)
-    run.finish()
-    watch.join()
-    return run, watch, reader.pause(root)
+    reads = Reads()
+    with reader.reading(root, reads):
+        run = CliRun(compact_args(root, group))
+        watch = FolderWatch(root, run)
+        if moment is not None:
+            kill_compaction_at(run, watch, moment)
+        run.finish()
+        watch.join()
+    return run, watch, reads
 
 
-# --- compaction: a reader alongside -----------------------------------------------------------
+# --- a reader alongside every child -----------------------------------------------------------
 _READER = """
 import json, queue, random, sys, threading
 from parametric_memory import ParametricMemory
@@ -997,6 +1031,15 @@ class ReaderChild:
                 reads.errors.append(_plain_error(line["error"], root))
         return reads
 
+    @contextlib.contextmanager
+    def reading(self, root: Path, reads: Reads) -> Iterator[None]:
+        """Ask the memory at `root` all along the block; what the calls met is added to `reads`."""
+        self.read(root)
+        try:
+            yield
+        finally:
+            reads.add(self.pause(root))
+
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._send("quit")
@@ -1091,8 +1134,6 @@ def reported_compacted(run: CliRun) -> int:
 class CompactTrial(Trial):
     compacted_before: int = 0
     compacted_after_kill: int = 0
-    reader_calls: int = 0
-    reader_errors: list[str] = field(default_factory=list)
 
 
 def draw_compact_moment(rng: random.Random, timeline: CompactTimeline, groups: int) -> Moment:
@@ -1243,36 +1284,36 @@ class CompactResults:
 
 
 def _compact_trials(
-    ws: Workspace, scratch: Path, count: int, group: int, rng: random.Random, progress: bool
+    ws: Workspace,
+    scratch: Path,
+    count: int,
+    group: int,
+    rng: random.Random,
+    progress: bool,
+    reader: ReaderChild,
 ) -> CompactResults:
     results = CompactResults(group=group)
     if count <= 0:
         return results
     setup = prepare_compaction(ws, scratch, group)
-    reader = ReaderChild(reader_questions(ws), scratch / "reader.log")
-    try:
-        timeline, reads = calibrate_compaction(setup, scratch, reader)
+    timeline, reads = calibrate_compaction(setup, scratch, reader)
+    results.reads.add(reads)
+    results.uninterrupted_s = round(timeline.run_s(len(timeline.groups)), 2)
+    pool = [setup.full]
+    while len(results.trials) < count:
+        index = len(results.trials) + results.finished_first
+        # Half the runs compact every document; the others resume what a kill left.
+        start = setup.full if rng.random() < FRESH_COMPACTIONS else rng.choice(pool)
+        trial, reads = run_compact_trial(index, ws, setup, timeline, start, scratch, rng, reader)
         results.reads.add(reads)
-        results.uninterrupted_s = round(timeline.run_s(len(timeline.groups)), 2)
-        pool = [setup.full]
-        while len(results.trials) < count:
-            index = len(results.trials) + results.finished_first
-            # Half the runs compact every document; the others resume what a kill left.
-            start = setup.full if rng.random() < FRESH_COMPACTIONS else rng.choice(pool)
-            trial, reads = run_compact_trial(
-                index, ws, setup, timeline, start, scratch, rng, reader
-            )
-            results.reads.add(reads)
-            if trial is None:
-                results.finished_first += 1
-                continue
-            results.trials.append(trial)
-            left = trial.held_after_kill - trial.compacted_after_kill
-            keep = left >= 2 and not trial.failures
-            _grow_pool(pool, scratch / f"compact-killed-{index:03d}", keep, rng)
-            _say(progress, trial)
-    finally:
-        reader.close()
+        if trial is None:
+            results.finished_first += 1
+            continue
+        results.trials.append(trial)
+        left = trial.held_after_kill - trial.compacted_after_kill
+        keep = left >= 2 and not trial.failures
+        _grow_pool(pool, scratch / f"compact-killed-{index:03d}", keep, rng)
+        _say(progress, trial)
     return results
 
 
@@ -1296,10 +1337,15 @@ class HarnessReport:
     compact_kills_per_mode: dict[str, int]
     compact_runs_finished_before_kill: int
     compact_group: int
+    ingest_reader_calls: int
+    ingest_reader_errors: int
+    forget_reader_calls: int
+    forget_reader_errors: int
     reader_calls: int
+    """`ParametricMemory.open(path).ask(...)` calls during compaction runs."""
     reader_errors: int
     reader_error_messages: dict[str, int]
-    """Distinct errors of `ParametricMemory.open(path).ask(...)` during compaction runs."""
+    """Distinct reader errors during every child run, each after the child's command."""
     wall_time_s: float
     documents: int
     uninterrupted_ingest_s: float
@@ -1325,25 +1371,39 @@ def run_harness(
     with tempfile.TemporaryDirectory(prefix="pm-crash-", dir=workdir) as temp:
         scratch = Path(temp)
         ws = prepare(scratch / "workspace", documents)
-        timeline = calibrate(ws, scratch) if kills > 0 else Timeline({}, 0.0)
-        pool = [ws.empty_memory]
-        trials: list[Trial] = []
-        finished_first = 0
-        while len(trials) < kills:
-            trial = run_trial(
-                len(trials) + finished_first, ws, timeline, rng.choice(pool), scratch, rng
+        reader = ReaderChild(reader_questions(ws), scratch / "reader.log")
+        try:
+            ingest_reads, forget_reads = Reads(), Reads()
+            timeline = Timeline({}, 0.0)
+            if kills > 0:
+                timeline = calibrate(ws, scratch, reader, ingest_reads)
+            pool = [ws.empty_memory]
+            trials: list[Trial] = []
+            finished_first = 0
+            while len(trials) < kills:
+                index = len(trials) + finished_first
+                trial, reads = run_trial(
+                    index, ws, timeline, rng.choice(pool), scratch, rng, reader
+                )
+                ingest_reads.add(reads)
+                if trial is None:
+                    finished_first += 1
+                    continue
+                trials.append(trial)
+                keep = 0 < trial.held_after_kill < len(ws.order) and not trial.failures
+                _grow_pool(pool, scratch / f"killed-{trial.index:03d}", keep, rng)
+                _say(progress, trial)
+            forget_trials = _forget_trials(
+                ws, scratch, forget_kills, rng, progress, reader, forget_reads
             )
-            if trial is None:
-                finished_first += 1
-                continue
-            trials.append(trial)
-            keep = 0 < trial.held_after_kill < len(ws.order) and not trial.failures
-            _grow_pool(pool, scratch / f"killed-{trial.index:03d}", keep, rng)
-            _say(progress, trial)
-        forget_trials = _forget_trials(ws, scratch, forget_kills, rng, progress)
-        compacted = _compact_trials(ws, scratch, compact_kills, compact_group, rng, progress)
+            compacted = _compact_trials(
+                ws, scratch, compact_kills, compact_group, rng, progress, reader
+            )
+        finally:
+            reader.close()
+    reads = {"ingest": ingest_reads, "forget": forget_reads, "compact": compacted.reads}
     return _report(
-        ws, timeline, trials, forget_trials, compacted, finished_first, started, kills, seed
+        ws, timeline, trials, forget_trials, compacted, reads, finished_first, started, kills, seed
     )
 
 
@@ -1366,6 +1426,8 @@ def _forget_trials(
     count: int,
     rng: random.Random,
     progress: bool,
+    reader: ReaderChild,
+    reads: Reads,
 ) -> list[Trial]:
     if count <= 0:
         return []
@@ -1374,16 +1436,18 @@ def _forget_trials(
     if code != 0:
         raise RuntimeError(f"ingest for the forget trials failed: {stdout}")
     timing_root = _fresh_copy(full, scratch / "forget-timing")
-    timing = CliRun(["forget", ws.order[0], "--memory", str(timing_root)])
-    locked_at = wait_for_lock(timing, timing_root)
-    # Forgetting the first document retrains its shard; half as long again reaches into
-    # the removal of the old state and the exit.
-    locked_s = 1.5 * (wait_for_commit(timing, timing_root) - locked_at)
-    timing.finish()
+    with reader.reading(timing_root, reads):
+        timing = CliRun(["forget", ws.order[0], "--memory", str(timing_root)])
+        locked_at = wait_for_lock(timing, timing_root)
+        # Forgetting the first document retrains its shard; half as long again reaches into
+        # the removal of the old state and the exit.
+        locked_s = 1.5 * (wait_for_commit(timing, timing_root) - locked_at)
+        timing.finish()
     trials: list[Trial] = []
     attempt = 0
     while len(trials) < count:
-        trial = run_forget_trial(attempt, ws, full, scratch, rng, locked_s)
+        trial, attempt_reads = run_forget_trial(attempt, ws, full, scratch, rng, locked_s, reader)
+        reads.add(attempt_reads)
         attempt += 1
         if trial is not None:
             trials.append(trial)
@@ -1396,10 +1460,8 @@ def _say(progress: bool, trial: Trial) -> None:
         verdict = "ok" if not trial.failures else f"FAILED: {trial.failures}"
         counts = f"held {trial.held_before}->{trial.held_after_kill}"
         if isinstance(trial, CompactTrial):
-            counts = (
-                f"compacted {trial.compacted_before}->{trial.compacted_after_kill}, "
-                f"reader {len(trial.reader_errors)}/{trial.reader_calls} failed"
-            )
+            counts = f"compacted {trial.compacted_before}->{trial.compacted_after_kill}"
+        counts += f", reader {len(trial.reader_errors)}/{trial.reader_calls} failed"
         print(
             f"kill {trial.index:3d} {trial.command:<16} {trial.mode:<7} {trial.delay_s:6.2f}s "
             f"{trial.phase:<12} {counts} {verdict}",
@@ -1414,6 +1476,7 @@ def _report(
     trials: list[Trial],
     forget_trials: list[Trial],
     compacted: CompactResults,
+    reads: dict[str, Reads],
     finished_first: int,
     started: float,
     kills: int,
@@ -1441,9 +1504,15 @@ def _report(
         compact_kills_per_mode=dict(Counter(t.mode for t in compacted.trials)),
         compact_runs_finished_before_kill=compacted.finished_first,
         compact_group=compacted.group,
+        ingest_reader_calls=reads["ingest"].attempts,
+        ingest_reader_errors=len(reads["ingest"].errors),
+        forget_reader_calls=reads["forget"].attempts,
+        forget_reader_errors=len(reads["forget"].errors),
         reader_calls=compacted.reads.attempts,
         reader_errors=len(compacted.reads.errors),
-        reader_error_messages=dict(Counter(compacted.reads.errors).most_common()),
+        reader_error_messages=dict(
+            Counter(f"{c}: {e}" for c, r in reads.items() for e in r.errors).most_common()
+        ),
         wall_time_s=round(time.monotonic() - started, 1),
         documents=len(ws.order),
         uninterrupted_ingest_s=round(timeline.exit_s, 2),
@@ -1499,6 +1568,16 @@ def markdown(report: HarnessReport) -> str:
             "uninterrupted ingest of all documents",
             f"{report.uninterrupted_ingest_s} s" if report.kills else "-",
         ),
+        *_reader_rows(
+            "`ingest` runs (calibration, kills, reruns)",
+            report.ingest_reader_calls,
+            report.ingest_reader_errors,
+        ),
+        *_reader_rows(
+            "`forget` runs (timing, kills, reruns)",
+            report.forget_reader_calls,
+            report.forget_reader_errors,
+        ),
         *(_compaction_rows(report) if report.compact_kills else []),
         ("wall time", f"{report.wall_time_s} s"),
     ]
@@ -1515,7 +1594,7 @@ def markdown(report: HarnessReport) -> str:
         "Failures: " + ("none" if not report.failures else ""),
         *(f"- {failure}" for failure in report.failures),
         "",
-        *(_reader_lines(report) if report.compact_kills else []),
+        *_reader_lines(report),
     ]
     return "\n".join(lines)
 
@@ -1534,15 +1613,18 @@ def _compaction_rows(report: HarnessReport) -> list[tuple[str, object]]:
             "compaction runs that finished before their kill (not counted)",
             report.compact_runs_finished_before_kill,
         ),
-        (
-            "reader calls (`ParametricMemory.open(path).ask(...)`) during compaction runs",
-            report.reader_calls,
-        ),
-        ("...of them failed", report.reader_errors),
+        *_reader_rows("compaction runs", report.reader_calls, report.reader_errors),
         (
             "uninterrupted compaction of all documents (start to exit)",
             f"{report.uninterrupted_compaction_s} s",
         ),
+    ]
+
+
+def _reader_rows(runs: str, calls: int, errors: int) -> list[tuple[str, object]]:
+    return [
+        (f"reader calls (`ParametricMemory.open(path).ask(...)`) during {runs}", calls),
+        ("...of them failed", errors),
     ]
 
 
@@ -1582,7 +1664,7 @@ def main() -> None:
     (args.out / "crash_harness.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     (args.out / "crash_harness.md").write_text(markdown(report))
     print(markdown(report))
-    sys.exit(1 if report.failures or report.reader_errors else 0)
+    sys.exit(1 if report.failures or report.reader_error_messages else 0)
 
 
 if __name__ == "__main__":

@@ -164,6 +164,8 @@ def test_a_sample_of_the_kill_harness_survives_every_kill(tmp_path):
     assert report.kills == report.clean_reopens == report.resumed_complete == 3
     assert report.lost_documents == report.duplicated_documents == 0
     assert report.stray_after_next_writer == 0
+    assert report.ingest_reader_calls > 0
+    assert report.reader_error_messages == {}  # a reader open/ask alongside every ingest
 
 
 def test_a_sample_of_the_compaction_kill_harness_survives_every_kill(tmp_path):
