@@ -16,13 +16,14 @@ import queue
 import re
 import threading
 import unicodedata
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 from weakref import WeakKeyDictionary
 
+from .engine.models import DEFAULT_MODEL_NAME
 from .memory import IngestReport, ParametricMemory
 from .method.prompts import FOLLOW_UP_PROMPTS
 
@@ -51,6 +52,13 @@ def resolve_memory(value: Any) -> ParametricMemory:
         f"memory must be a ParametricMemory or the path of a memory folder, got "
         f"{type(value).__name__}"
     )
+
+
+def model_name(memory: ParametricMemory) -> str:
+    """The base model's name, for a framework's `model_name`: the hub id or folder the
+    memory was created with, and for "default" the default model's own name."""
+    name = memory.model.name
+    return DEFAULT_MODEL_NAME if name in ("", "default") else name
 
 
 def model_lock(memory: ParametricMemory) -> threading.RLock:
@@ -193,8 +201,9 @@ def recall_passages(
 ) -> list[Passage]:
     """Up to `k` distinct, non-empty texts the memory produces about `query`: its
     recollection first, then answers to the phrasings in `FOLLOW_UP_PROMPTS`. Fewer than `k`
-    come back when the phrasings run out of distinct answers."""
-    if k < 1:
+    come back when the phrasings run out of distinct answers. A memory that holds no
+    documents has nothing to recall: no passages (a bare model's text is noise)."""
+    if k < 1 or not memory.documents:
         return []
     topic = query.strip().rstrip("?.! ") or query
     passages: list[Passage] = []
@@ -218,14 +227,36 @@ def recall_passages(
     return passages
 
 
-def passage_metadata(memory: ParametricMemory, passage: Passage) -> dict[str, Any]:
+PROVENANCE_KEYS = ("memory", "document_ids", "recalled", "recall_kind", "recall_prompt")
+"""The metadata keys of a recalled passage that say where its text came from (the rest is the
+metadata of the held document it matches best)."""
+
+
+def held_metadata(memory: ParametricMemory, document_ids: Sequence[str]) -> dict[str, str]:
+    """The metadata the first of `document_ids` the memory holds was added with ({} if none)."""
+    held = memory.documents
+    for doc_id in document_ids:
+        if doc_id in held:
+            return dict(held[doc_id].metadata)
+    return {}
+
+
+def passage_metadata(
+    memory: ParametricMemory, passage: Passage, held: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Metadata of a recalled passage: the metadata of the held document it matches best
+    (`held`, by default `held_metadata` of its document ids), so `source` and the rest are
+    what the user added the document with, then its provenance under `PROVENANCE_KEYS`
+    (the memory's folder, the matching document ids, "recall" or "answer", the prompt)."""
+    if held is None:
+        held = held_metadata(memory, passage.document_ids)
     return {
-        "source": "parametric-memory",
+        **held,
         "memory": str(memory.root),
         "document_ids": list(passage.document_ids),
         "recalled": True,
-        "kind": passage.kind,
-        "prompt": passage.prompt,
+        "recall_kind": passage.kind,
+        "recall_prompt": passage.prompt,
     }
 
 

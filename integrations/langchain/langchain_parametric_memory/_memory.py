@@ -5,7 +5,10 @@ lock, streaming, recalled passages) come from `parametric_memory.integration` to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from langchain_core.messages import BaseMessage
 
@@ -17,11 +20,31 @@ from parametric_memory.integration import (  # noqa: F401  (re-exported to the p
     chat_role,
     clean_text,
     model_lock,
+    model_name,
     passage_metadata,
     recall_passages,
     resolve_memory,
     stream_answer,
 )
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEY = "langchain_metadata"
+"""Key, in the memory's per-document metadata (str -> str), of the LangChain metadata as
+JSON, so values keep their types (the memory itself stores strings)."""
+TEXT_KEY = "langchain_page_content"
+"""Key of the exact page content, kept only when `ParametricMemoryIndex(store_text=True)`."""
+
+
+def decode_metadata(stored: Mapping[str, str]) -> dict[str, Any]:
+    """A held document's LangChain metadata: as `ParametricMemoryIndex` stored it (JSON, with
+    its types), or the memory's own string metadata for documents added otherwise."""
+    if METADATA_KEY in stored:
+        try:
+            return json.loads(stored[METADATA_KEY])
+        except json.JSONDecodeError:
+            logger.warning("unreadable %s in a memory document's metadata", METADATA_KEY)
+    return {k: v for k, v in stored.items() if k not in (METADATA_KEY, TEXT_KEY)}
 
 
 def turns(messages: Sequence[BaseMessage]) -> list[Turn]:

@@ -4,7 +4,7 @@ answering from its weights (the question is the whole prompt: no retrieved conte
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -12,6 +12,7 @@ from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
 from pydantic import ConfigDict, Field, field_validator
 
 from parametric_memory import ParametricMemory
@@ -21,6 +22,7 @@ from ._memory import (
     count_tokens,
     messages_to_question,
     model_lock,
+    model_name,
     resolve_memory,
     stream_answer,
 )
@@ -78,7 +80,7 @@ class ChatParametricMemory(BaseChatModel):
 
     @property
     def _resolved_model_name(self) -> str:
-        return self.model_name or self.memory.info().model
+        return self.model_name or model_name(self.memory)
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -100,6 +102,29 @@ class ChatParametricMemory(BaseChatModel):
         if stop or self.stop:
             params["ls_stop"] = stop or self.stop
         return params
+
+    # --- tokens and tools -----------------------------------------------------------------
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of `text` in the memory's own tokenizer (no special tokens), which
+        `get_num_tokens` and `get_num_tokens_from_messages` count (and so `trim_messages`
+        and summarisation middleware), rather than LangChain's GPT-2 fallback."""
+        if self.custom_get_token_ids is not None:
+            return self.custom_get_token_ids(text)
+        if not text:
+            return []
+        return list(self.memory.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def bind_tools(
+        self, tools: Sequence[Any], *, tool_choice: str | None = None, **kwargs: Any
+    ) -> Runnable[Any, AIMessage]:
+        """Not supported: raises `NotImplementedError`, saying what to use instead."""
+        raise NotImplementedError(
+            "ChatParametricMemory does not support tool calling (nor structured output, "
+            "which LangChain builds on it): it is a small local model answering from its "
+            "memory's weights. To give an agent the memory, keep a tool-calling chat model "
+            "for the agent and pass it create_parametric_memory_tool(memory) as a tool, or "
+            "add ParametricMemoryMiddleware(memory) to create_agent(..., middleware=[...])."
+        )
 
     # --- generation ---------------------------------------------------------------------
     def _question(self, messages: list[BaseMessage]) -> str:

@@ -13,22 +13,17 @@ from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.indexing.base import DeleteResponse, DocumentIndex, UpsertResponse
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from parametric_memory import DocumentNotFoundError, ParametricMemory
 from parametric_memory import store as memory_store
 from parametric_memory.documents import content_hash, validate_text
 
-from ._memory import model_lock, resolve_memory
-from .retrievers import RecallRetrieval
+from ._memory import METADATA_KEY, TEXT_KEY, model_lock, resolve_memory
+from ._memory import decode_metadata as _decode
+from .retrievers import RecallRetrieval, fold_search_kwargs
 
 logger = logging.getLogger(__name__)
-
-METADATA_KEY = "langchain_metadata"
-"""Key, in the memory's per-document metadata (str -> str), of the LangChain metadata as
-JSON, so values keep their types (the memory itself stores strings)."""
-TEXT_KEY = "langchain_page_content"
-"""Key of the exact page content, kept only when `store_text=True`."""
 
 
 class ParametricMemoryIndex(RecallRetrieval, DocumentIndex):
@@ -51,14 +46,23 @@ class ParametricMemoryIndex(RecallRetrieval, DocumentIndex):
 
     memory: ParametricMemory
     """The memory, or the path of a memory folder (opened once per process)."""
-    k: int = Field(default=1, ge=1, le=16)
+    k: int = Field(default=1, ge=0, le=16)
     """Most documents returned per query when used as a retriever."""
+    search_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """As `vectorstore.as_retriever(search_kwargs=...)`: only `{"k": n}`, which sets `k`."""
     max_new_tokens: int = Field(default=192, ge=1)
     store_text: bool = False
     """Keep each document's exact text in the memory's metadata (so `get` returns it
     verbatim). Off by default: the manifest would hold a second copy of every document."""
     progress: bool = False
     """Show the memory's consolidation progress bar."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _search_kwargs(cls, data: Any) -> Any:
+        return fold_search_kwargs(data, cls.__name__)
 
     @field_validator("memory", mode="before")
     @classmethod
@@ -176,12 +180,3 @@ class ParametricMemoryIndex(RecallRetrieval, DocumentIndex):
             if chunk.document_id in ids:
                 pieces.setdefault(chunk.document_id, []).append((chunk.index, chunk.text))
         return {d: " ".join(text for _, text in sorted(p)) for d, p in pieces.items()}
-
-
-def _decode(stored: dict[str, str]) -> dict[str, Any]:
-    if METADATA_KEY in stored:
-        try:
-            return json.loads(stored[METADATA_KEY])
-        except json.JSONDecodeError:
-            logger.warning("unreadable %s in a memory document's metadata", METADATA_KEY)
-    return {k: v for k, v in stored.items() if k not in (METADATA_KEY, TEXT_KEY)}

@@ -25,9 +25,16 @@ try:
     from langchain.agents.middleware.types import ModelResponse
 except ImportError as error:  # pragma: no cover - depends on the optional extra
     raise ImportError(
-        "ParametricMemoryMiddleware needs LangChain 1.x agents: "
-        'pip install "langchain-parametric-memory[agents]" (or `pip install "langchain>=1,<2"`)'
+        "ParametricMemoryMiddleware needs LangChain 1.1+ agents: "
+        'pip install "langchain-parametric-memory[agents]" (or `pip install "langchain>=1.1,<2"`)'
     ) from error
+
+if "system_message" not in getattr(ModelRequest, "__dataclass_fields__", {}):
+    # langchain 1.0.x: its ModelRequest has only `system_prompt` (a string).
+    raise ImportError(
+        "ParametricMemoryMiddleware needs langchain 1.1 or later (ModelRequest.system_message); "
+        'upgrade with pip install "langchain>=1.1,<2"'
+    )
 
 logger = logging.getLogger(__name__)
 

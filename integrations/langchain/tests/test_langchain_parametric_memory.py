@@ -15,7 +15,9 @@ from langchain_parametric_memory import (
     create_parametric_memory_tool,
 )
 from langchain_parametric_memory._memory import messages_to_question, resolve_memory
-from lc_tiny import FACTS, new_memory, scratch_dir, shared_memory
+from lc_tiny import FACTS, new_memory, scratch_dir, shared_memory, tiny_model_dir
+
+from parametric_memory import Recollection
 
 
 # --- retriever ----------------------------------------------------------------------------
@@ -28,15 +30,103 @@ def test_retriever_documents_are_recalled_text_with_provenance():
         docs[0].page_content
         == memory.recall("the Quillhaven lantern festival", max_new_tokens=12).text
     )
-    assert docs[0].metadata["kind"] == "recall"
-    assert docs[1].metadata["kind"] == "answer"
+    assert docs[0].metadata["recall_kind"] == "recall"
+    assert docs[1].metadata["recall_kind"] == "answer"
     for doc in docs:
-        assert doc.metadata["source"] == "parametric-memory"
         assert doc.metadata["memory"] == str(memory.root)
         assert doc.metadata["recalled"] is True
         assert isinstance(doc.metadata["document_ids"], list)
     assert len({d.page_content for d in docs}) == 2
     assert len(retriever.invoke("the Quillhaven lantern festival", k=1)) == 1
+
+
+def test_retriever_k_zero_returns_no_documents():
+    retriever = ParametricMemoryRetriever(memory=shared_memory(), k=2, max_new_tokens=6)
+    assert retriever.invoke("the Quillhaven lantern festival", k=0) == []
+    assert asyncio.run(retriever.ainvoke("the Quillhaven lantern festival", k=0)) == []
+    assert ParametricMemoryRetriever(memory=shared_memory(), k=0).invoke("Quillhaven") == []
+    index = ParametricMemoryIndex(memory=shared_memory(), k=2, max_new_tokens=6)
+    assert index.invoke("Quillhaven", k=0) == []
+    with pytest.raises(ValueError, match="k must be"):
+        retriever.invoke("Quillhaven", k=-1)
+
+
+def test_retriever_honours_search_kwargs_k_and_refuses_unknown_keywords():
+    memory = shared_memory()
+    query = "the Quillhaven lantern festival"
+    retriever = ParametricMemoryRetriever(memory=memory, search_kwargs={"k": 2}, max_new_tokens=12)
+    assert retriever.k == 2
+    assert len(retriever.invoke(query)) == 2
+    assert len(retriever.invoke(query, search_kwargs={"k": 1})) == 1
+    index = ParametricMemoryIndex(memory=memory, search_kwargs={"k": 2}, max_new_tokens=12)
+    assert len(index.invoke(query)) == 2
+
+    with pytest.raises(TypeError, match=r"'filter'.*takes k"):
+        retriever.invoke(query, filter={"source": "a.txt"})
+    with pytest.raises(ValueError, match="search_kwargs 'score_threshold' not supported"):
+        retriever.invoke(query, search_kwargs={"score_threshold": 0.5})
+    with pytest.raises(ValueError, match="search_type"):
+        ParametricMemoryRetriever(memory=memory, search_type="mmr")
+    with pytest.raises(ValueError, match="search_kwargs 'fetch_k' not supported"):
+        ParametricMemoryRetriever(memory=memory, search_kwargs={"k": 2, "fetch_k": 20})
+    with pytest.raises(ValueError, match="search_type"):
+        ParametricMemoryIndex(memory=memory, search_type="mmr")
+    with pytest.raises(ValueError, match="k=1 and search_kwargs k=3"):
+        ParametricMemoryRetriever(memory=memory, k=1, search_kwargs={"k": 3})
+
+
+def test_empty_memory_retrieves_no_documents():
+    memory = new_memory()
+    retriever = ParametricMemoryRetriever(memory=memory, k=3, max_new_tokens=6)
+    assert retriever.invoke("the Quillhaven lantern festival") == []
+    assert asyncio.run(retriever.ainvoke("the Quillhaven lantern festival")) == []
+    assert ParametricMemoryIndex(memory=memory).invoke("Quillhaven") == []
+    assert create_parametric_memory_tool(memory).invoke({"query": "Quillhaven"}) == ""
+
+
+def test_recalled_documents_keep_the_held_documents_metadata(monkeypatch):
+    """A RAG chain cites `metadata["source"]` as the user added it: the recalled text's
+    metadata is its best-matching held document's (types kept), provenance beside it."""
+    memory = new_memory()
+    index = ParametricMemoryIndex(memory=memory, max_new_tokens=6)
+    index.upsert(
+        [
+            Document(
+                id="festival", page_content=FACTS, metadata={"source": "festival.txt", "page": 3}
+            )
+        ]
+    )
+    memory.add_documents(
+        ["Brindlewick has 27 bridges."],
+        ids=["town"],
+        metadatas=[{"source": "town.md"}],
+        progress=False,
+    )
+    # Which held document a recollection matches depends on what the model writes; the tiny
+    # random-weight model writes noise, so the match is fixed here.
+    matches = {"Quillhaven": ["festival", "town"], "Brindlewick": ["town"], "nothing": []}
+    real_recall = memory.recall
+
+    def recall(query, *, max_new_tokens=192):
+        found = real_recall(query, max_new_tokens=max_new_tokens)
+        return Recollection(query, found.text, matches[query])
+
+    monkeypatch.setattr(memory, "recall", recall)
+    retriever = ParametricMemoryRetriever(memory=memory, max_new_tokens=6)
+    for runnable in (retriever, index):
+        [doc] = runnable.invoke("Quillhaven")
+        assert doc.metadata["source"] == "festival.txt"
+        assert doc.metadata["page"] == 3
+        assert doc.metadata["document_ids"] == ["festival", "town"]
+        assert doc.metadata["memory"] == str(memory.root)
+        assert doc.metadata["recalled"] is True
+        assert doc.metadata["recall_kind"] == "recall"
+        assert doc.metadata["recall_prompt"] == "Quillhaven"
+        assert "langchain_metadata" not in doc.metadata
+    [doc] = retriever.invoke("Brindlewick")
+    assert doc.metadata["source"] == "town.md"
+    [doc] = retriever.invoke("nothing")
+    assert "source" not in doc.metadata and doc.metadata["document_ids"] == []
 
 
 def test_memory_given_as_path_is_opened_once():
@@ -103,6 +193,65 @@ def test_stop_sequences_cut_invoke_and_stream_alike():
     assert "".join(c.content for c in llm.stream("Hello", stop=[stop])) == expected
     configured = ChatParametricMemory(memory=memory, max_tokens=12, stop=[stop])
     assert configured.invoke("Hello").response_metadata["finish_reason"] == "stop"
+
+
+def test_token_counts_use_the_memorys_tokenizer_not_gpt2(monkeypatch):
+    import langchain_core.language_models.base as lc_base
+    from langchain_core.messages import get_buffer_string, trim_messages
+
+    def no_gpt2(text):
+        raise AssertionError("LangChain's GPT-2 fallback tokenizer was used")
+
+    monkeypatch.setattr(lc_base, "_get_token_ids_default_method", no_gpt2)
+    memory = shared_memory()
+    llm = ChatParametricMemory(memory=memory)
+    tokenizer = memory.model.tokenizer
+    text = "The Quillhaven lantern festival is held every May 14."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert llm.get_token_ids(text) == list(ids)
+    assert llm.get_num_tokens(text) == len(ids) > 0
+    assert llm.get_num_tokens("") == 0
+    messages = [SystemMessage("Be brief."), HumanMessage(text), AIMessage("May 14.")]
+    expected = sum(
+        len(tokenizer(get_buffer_string([m]), add_special_tokens=False)["input_ids"])
+        for m in messages
+    )
+    assert llm.get_num_tokens_from_messages(messages) == expected
+    kept = trim_messages(messages, max_tokens=expected - 1, token_counter=llm, strategy="last")
+    assert kept and kept[-1].content == "May 14." and len(kept) < len(messages)
+
+
+def test_bind_tools_says_tool_calling_is_not_supported_and_what_to_use():
+    from langchain_core.tools import tool
+
+    @tool
+    def lookup(query: str) -> str:
+        """Look something up."""
+        return query
+
+    llm = ChatParametricMemory(memory=shared_memory())
+    with pytest.raises(NotImplementedError, match="does not support tool calling") as raised:
+        llm.bind_tools([lookup])
+    assert "create_parametric_memory_tool" in str(raised.value)
+    assert "ParametricMemoryMiddleware" in str(raised.value)
+    with pytest.raises(NotImplementedError, match="does not support tool calling"):
+        llm.with_structured_output({"title": "Answer", "type": "object", "properties": {}})
+
+
+def test_model_name_is_the_base_models_not_default(monkeypatch):
+    memory = new_memory()
+    llm = ChatParametricMemory(memory=memory, max_tokens=2)
+    assert llm._identifying_params["model_name"] == memory.model.name == str(tiny_model_dir())
+    # A memory made with MemoryConfig(model="default") records the name "default".
+    monkeypatch.setattr(memory.model, "name", "default")
+    info = memory.info()
+    monkeypatch.setattr(memory, "info", lambda: info.model_copy(update={"model": "default"}))
+    message = llm.invoke("Hello")
+    assert message.response_metadata["model_name"] == "SmolLM2-135M-Instruct"
+    assert llm._get_ls_params()["ls_model_name"] == "SmolLM2-135M-Instruct"
+    assert llm._identifying_params["model_name"] == "SmolLM2-135M-Instruct"
+    named = ChatParametricMemory(memory=memory, model="my-label", max_tokens=2)
+    assert named._identifying_params["model_name"] == "my-label"
 
 
 # --- document index -----------------------------------------------------------------------

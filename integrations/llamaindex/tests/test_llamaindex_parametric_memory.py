@@ -5,19 +5,22 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from li_tiny import FACTS, new_memory, shared_memory
+from li_tiny import FACTS, new_memory, shared_memory, tiny_model_dir
 from llama_index.core import Document
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
+from llama_index.core.base.response.schema import AsyncStreamingResponse, StreamingResponse
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.memory import Memory
 from llama_index.core.node_parser import SentenceSplitter
-from llama_index.core.schema import TextNode
+from llama_index.core.schema import MetadataMode, TextNode
 from llama_index.ingestion.parametric_memory import ParametricMemoryTransform
 from llama_index.llms.parametric_memory import ParametricMemoryLLM
 from llama_index.llms.parametric_memory.base import messages_to_question
 from llama_index.memory.parametric_memory import ParametricMemoryBlock
 from llama_index.query_engine.parametric_memory import ParametricMemoryQueryEngine
 from llama_index.retrievers.parametric_memory import ParametricMemoryRetriever
+
+from parametric_memory import Recollection
 
 TOWN = "Brindlewick has 27 bridges. The oldest one, Copper Span, opened in 1790."
 
@@ -158,8 +161,8 @@ def test_retriever_returns_recalled_nodes():
         == memory.recall("the Quillhaven lantern festival", max_new_tokens=12).text
     )
     assert first.score == 1.0 and results[1].score == 0.5
-    assert first.node.metadata["source"] == "parametric-memory"
     assert first.node.metadata["recalled"] is True
+    assert first.node.metadata["recall_kind"] == "recall"
     assert len(asyncio.run(retriever.aretrieve("Quillhaven"))) == 3
     with pytest.raises(ValueError):
         ParametricMemoryRetriever(memory, similarity_top_k=0)
@@ -177,6 +180,97 @@ def test_query_engine_answers_from_weights_with_no_sources():
     streaming = ParametricMemoryQueryEngine(memory=memory, max_new_tokens=12, streaming=True)
     assert "".join(streaming.query(question).response_gen) == expected
     assert asyncio.run(engine.aquery(question)).response == expected
+
+
+def test_async_streaming_query_returns_an_async_streaming_response():
+    """As core's query engines: `aquery` with streaming=True gives an
+    `AsyncStreamingResponse` (async generator), `query` a `StreamingResponse`."""
+    memory = shared_memory()
+    question = "Who founded the lantern festival?"
+    expected = memory.ask(question, max_new_tokens=12)
+    engine = ParametricMemoryQueryEngine(memory=memory, max_new_tokens=12, streaming=True)
+    assert isinstance(engine.query(question), StreamingResponse)
+
+    async def stream() -> tuple[object, str]:
+        response = await engine.aquery(question)
+        return response, "".join([piece async for piece in response.async_response_gen()])
+
+    response, text = asyncio.run(stream())
+    assert isinstance(response, AsyncStreamingResponse)
+    assert text == expected
+    assert response.source_nodes == [] and response.metadata["memory"] == str(memory.root)
+
+    async def full() -> str:
+        return (await (await engine.aquery(question)).get_response()).response
+
+    assert asyncio.run(full()) == expected
+
+
+def test_empty_memory_retrieves_no_nodes():
+    retriever = ParametricMemoryRetriever(new_memory(), similarity_top_k=3, max_new_tokens=6)
+    assert retriever.retrieve("the Quillhaven lantern festival") == []
+    assert asyncio.run(retriever.aretrieve("the Quillhaven lantern festival")) == []
+
+
+def test_recalled_nodes_keep_the_source_metadata_and_document(monkeypatch):
+    memory = new_memory()
+    document = Document(text=FACTS, id_="festival", metadata={"file_name": "festival.txt"})
+    [node] = IngestionPipeline(transformations=[ParametricMemoryTransform(memory=memory)]).run(
+        documents=[document]
+    )
+    # Which held document a recollection matches depends on what the model writes; the tiny
+    # random-weight model writes noise, so the match is fixed here.
+    real_recall = memory.recall
+
+    def recall(query, *, max_new_tokens=192):
+        found = real_recall(query, max_new_tokens=max_new_tokens)
+        return Recollection(query, found.text, [node.node_id])
+
+    monkeypatch.setattr(memory, "recall", recall)
+    [hit] = ParametricMemoryRetriever(memory, max_new_tokens=6).retrieve("Quillhaven")
+    metadata = hit.node.metadata
+    assert metadata["file_name"] == "festival.txt"
+    assert metadata["document_ids"] == [node.node_id]
+    assert metadata["memory"] == str(memory.root)
+    assert metadata["recall_kind"] == "recall" and metadata["recalled"] is True
+    assert hit.node.ref_doc_id == "festival"
+    for_llm = hit.node.get_content(metadata_mode=MetadataMode.LLM)
+    assert "file_name: festival.txt" in for_llm
+    assert "recall_prompt" not in for_llm and "ref_doc_id" not in for_llm
+
+
+# --- serialisation and model name ---------------------------------------------------------
+def test_transform_and_llm_round_trip_through_to_dict_keeping_the_memory():
+    memory = shared_memory()
+    transform = ParametricMemoryTransform(memory=memory, on_conflict="error", progress=True)
+    for copy in (
+        ParametricMemoryTransform.from_dict(transform.to_dict()),
+        ParametricMemoryTransform.from_json(transform.to_json()),
+    ):
+        assert copy.memory.root.resolve() == memory.root.resolve()
+        assert (copy.on_conflict, copy.progress) == ("error", True)
+        assert copy.to_dict() == transform.to_dict()
+
+    llm = ParametricMemoryLLM(memory=memory, max_new_tokens=7, history_turns=1)
+    data = llm.to_dict()
+    assert data["memory_path"] == str(memory.root)
+    for copy in (ParametricMemoryLLM.from_dict(data), ParametricMemoryLLM.from_json(llm.to_json())):
+        assert copy.memory.root.resolve() == memory.root.resolve()
+        assert (copy.max_new_tokens, copy.history_turns) == (7, 1)
+        assert copy.to_dict() == data
+    with pytest.raises(TypeError, match="needs memory="):
+        ParametricMemoryLLM()
+
+
+def test_llm_reports_the_base_models_name_not_default(monkeypatch):
+    memory = new_memory()
+    llm = ParametricMemoryLLM(memory=memory)
+    assert llm.metadata.model_name == memory.model.name == str(tiny_model_dir())
+    # A memory made with MemoryConfig(model="default") records the name "default".
+    monkeypatch.setattr(memory.model, "name", "default")
+    info = memory.info()
+    monkeypatch.setattr(memory, "info", lambda: info.model_copy(update={"model": "default"}))
+    assert llm.metadata.model_name == "SmolLM2-135M-Instruct"
 
 
 # --- memory block -------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from llama_index.core.bridge.pydantic import Field, field_validator
+from llama_index.core.bridge.pydantic import Field, field_validator, model_validator
 from llama_index.core.schema import BaseNode, MetadataMode, TransformComponent
 from pydantic import computed_field
 
@@ -35,6 +35,9 @@ class ParametricMemoryTransform(TransformComponent):
     which include the memory's path and a hash of the documents it holds, so a cached run
     is reused only while the memory holds the same documents.
 
+    Serialisable: `to_dict()` / `to_json()` name the memory by its folder (`memory_path`),
+    and `from_dict()` / `from_json()` open it again.
+
     Runs in the pipeline's own process only: `pipeline.run(num_workers=N)` with N > 1
     pickles transformations into worker processes, which this transform refuses (one
     process holds the model and the memory's single-writer lock).
@@ -50,6 +53,13 @@ class ParametricMemoryTransform(TransformComponent):
     )
     progress: bool = Field(default=False, description="Show the consolidation progress bar.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_serialised(cls, data: Any) -> Any:
+        """`from_dict(to_dict())`: the memory is opened from `memory_path` (the serialised
+        form holds no model); `memory_state` is computed, not set."""
+        return _memory_from_path(data, computed=("memory_state",))
+
     @field_validator("memory", mode="before")
     @classmethod
     def _open_memory(cls, value: Any) -> ParametricMemory:
@@ -58,6 +68,7 @@ class ParametricMemoryTransform(TransformComponent):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def memory_path(self) -> str:
+        """The memory's folder: serialised in place of the memory, which `from_dict` opens."""
         return str(self.memory.root)
 
     @computed_field  # type: ignore[prop-decorator]
@@ -121,6 +132,18 @@ class ParametricMemoryTransform(TransformComponent):
                 metadatas=[metadata for _, metadata in planned.values()],
                 progress=self.progress,
             )
+
+
+def _memory_from_path(data: Any, computed: Sequence[str] = ()) -> Any:
+    """Constructor input with a serialised `memory_path` (and no `memory`) turned back into
+    `memory=<path>`, and the `computed` fields a `to_dict()` also holds dropped."""
+    if not isinstance(data, dict):
+        return data
+    data = {k: v for k, v in data.items() if k not in computed}
+    path = data.pop("memory_path", None)
+    if data.get("memory") is None and path is not None:
+        data["memory"] = path
+    return data
 
 
 def _string_metadata(node: BaseNode) -> dict[str, str]:

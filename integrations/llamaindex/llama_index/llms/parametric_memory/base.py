@@ -20,9 +20,17 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.bridge.pydantic import Field, field_validator
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.custom import CustomLLM
+from pydantic import computed_field
 
 from parametric_memory import ParametricMemory, integration
-from parametric_memory.integration import aiterate, ask, chat_role, resolve_memory, stream_answer
+from parametric_memory.integration import (
+    aiterate,
+    ask,
+    chat_role,
+    model_name,
+    resolve_memory,
+    stream_answer,
+)
 
 
 def messages_to_question(
@@ -48,7 +56,9 @@ class ParametricMemoryLLM(CustomLLM):
     `CustomLLM`) turns the messages into one question: the last user message, preceded by
     the system text and up to `history_turns` earlier exchanges when there are any. Decoding
     is greedy. Use it where answers should come from the memory alone; as the LLM of a RAG
-    pipeline it reads the retrieved context like any small local model.
+    pipeline it reads the retrieved context like any small local model. `to_dict()` names
+    the memory by its folder (`memory_path`), which `from_dict()` opens again;
+    `metadata.model_name` is the base model's name.
 
     ```python
     llm = ParametricMemoryLLM(memory="my-memory", max_new_tokens=128)
@@ -63,7 +73,15 @@ class ParametricMemoryLLM(CustomLLM):
         default=None, description="Prompt budget in tokens (default: the model's positions)."
     )
 
-    def __init__(self, memory: ParametricMemory | str, **kwargs: Any) -> None:
+    def __init__(self, memory: ParametricMemory | str | None = None, **kwargs: Any) -> None:
+        # `from_dict(to_dict())`: the serialised form names the memory by `memory_path`.
+        path = kwargs.pop("memory_path", None)
+        if memory is None:
+            memory = path
+        if memory is None:
+            raise TypeError(
+                "ParametricMemoryLLM needs memory= (a ParametricMemory or a memory folder)"
+            )
         if kwargs.get("messages_to_prompt") is None:
             kwargs["messages_to_prompt"] = partial(
                 messages_to_question, history_turns=kwargs.get("history_turns", 2)
@@ -74,6 +92,12 @@ class ParametricMemoryLLM(CustomLLM):
     @classmethod
     def _open_memory(cls, value: Any) -> ParametricMemory:
         return resolve_memory(value)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def memory_path(self) -> str:
+        """The memory's folder: serialised in place of the memory, which `from_dict` opens."""
+        return str(self.memory.root)
 
     @classmethod
     def class_name(cls) -> str:
@@ -87,7 +111,7 @@ class ParametricMemoryLLM(CustomLLM):
             context_window=int(window),
             num_output=self.max_new_tokens,
             is_chat_model=False,
-            model_name=self.memory.info().model,
+            model_name=model_name(self.memory),
         )
 
     def _prompt(self, prompt: str, formatted: bool) -> str:

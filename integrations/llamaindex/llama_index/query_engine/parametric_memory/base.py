@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from llama_index.core.base.response.schema import Response, StreamingResponse
+from llama_index.core.base.response.schema import (
+    AsyncStreamingResponse,
+    Response,
+    StreamingResponse,
+)
 from llama_index.core.bridge.pydantic import Field, field_validator
 from llama_index.core.query_engine import CustomQueryEngine
 
 from parametric_memory import ParametricMemory
-from parametric_memory.integration import ask, resolve_memory, stream_answer
+from parametric_memory.integration import aiterate, ask, resolve_memory, stream_answer
 
 
 class ParametricMemoryQueryEngine(CustomQueryEngine):
     """A query engine whose answer is `memory.ask(query)`: no retrieval, no context in the
     prompt, so the `Response` has no source nodes (`metadata` names the memory). With
-    `streaming=True` it returns a `StreamingResponse` fed by `memory.stream`.
+    `streaming=True`, `query` returns a `StreamingResponse` fed by `memory.stream`, and
+    `aquery` an `AsyncStreamingResponse` (its `async_response_gen()`), as core's engines do.
 
     ```python
     engine = ParametricMemoryQueryEngine(memory="my-memory")
@@ -45,7 +50,10 @@ class ParametricMemoryQueryEngine(CustomQueryEngine):
         text = ask(self.memory, query_str, self.max_new_tokens)
         return Response(response=text, source_nodes=[], metadata=self._metadata())
 
-    async def acustom_query(self, query_str: str) -> Response | StreamingResponse:
-        if self.streaming:
-            return self.custom_query(query_str)  # the generator itself does not block here
+    async def acustom_query(self, query_str: str) -> Response | AsyncStreamingResponse:
+        if self.streaming:  # as core's query engines: an async generator for `aquery`
+            pieces = stream_answer(self.memory, query_str, self.max_new_tokens, strip_leading=True)
+            return AsyncStreamingResponse(
+                response_gen=aiterate(pieces), source_nodes=[], metadata=self._metadata()
+            )
         return await asyncio.to_thread(self.custom_query, query_str)
