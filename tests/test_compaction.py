@@ -221,9 +221,9 @@ def test_a_memory_opened_while_a_commit_retires_its_state_opens_the_new_one(
     writer = _filled(tmp_path, tiny_config)
     load_model = memory_module.load_model
 
-    def load_during_a_commit(config):
+    def load_during_a_commit(config, **options):
         writer.compact(progress=False)
-        return load_model(config)
+        return load_model(config, **options)
 
     monkeypatch.setattr(memory_module, "load_model", load_during_a_commit)
     reader = ParametricMemory.open(writer.root)
