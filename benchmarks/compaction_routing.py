@@ -20,9 +20,9 @@ from pathlib import Path
 
 from common import load_documents
 from quality import SQUAD, sample_documents
+from routing_accuracy import default_token_counter
 
 from parametric_memory.config import ChunkingConfig
-from parametric_memory.engine.models import converted_default_model
 from parametric_memory.grouping import group_related
 from parametric_memory.method.chunking import chunk_document
 from parametric_memory.records import content_hash
@@ -32,7 +32,7 @@ from parametric_memory.routing import ShardRouter
 def main() -> None:
     args = _parse_args()
     documents = load_documents(args.data)
-    count_tokens = _token_counter()
+    count_tokens = default_token_counter()
     rows = []
     for n in args.n:
         sample = sample_documents(documents, n, args.seed, args.questions_per_doc)
@@ -88,13 +88,6 @@ def render_markdown(result: dict) -> str:
             f"| {100 * row['article_purity']:.1f}% |"
         )
     return "\n".join(lines) + "\n"
-
-
-def _token_counter():
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(converted_default_model())
-    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _parse_args() -> argparse.Namespace:

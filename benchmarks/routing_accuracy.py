@@ -31,7 +31,7 @@ from parametric_memory.routing import bm25s, tokenize
 def main() -> None:
     args = _parse_args()
     documents = load_documents(args.data)
-    count_tokens = _token_counter()
+    count_tokens = default_token_counter()
     rows = []
     for n in args.n:
         sample = sample_documents(documents, n, args.seed, args.questions_per_doc)
@@ -71,7 +71,8 @@ def _parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def _token_counter():
+def default_token_counter():
+    """Counts tokens of the default model's tokenizer, as a memory chunks with it."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(converted_default_model())

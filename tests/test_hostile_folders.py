@@ -26,7 +26,7 @@ from unittest import mock
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_model import tiny_memory_config
+from tiny_model import FACTS, NEW_FACT, tiny_memory_config
 
 from parametric_memory import (
     InvalidDocumentError,
@@ -48,13 +48,6 @@ from parametric_memory.records import Chunk
 from parametric_memory.routing import ShardRouter
 from parametric_memory.store.verify import verify_memory
 
-FACTS = {
-    "quillhaven.md": "The Quillhaven lantern festival is held every May 14. "
-    "Mira Tallow lit the first lantern in 1911.",
-    "brindlewick.md": "New hires at Brindlewick Analytics get 27 vacation days. "
-    "Payroll is run by Odo Brask from the Orsk Hollow office.",
-}
-NEW_FACT = "The Tarrow Bridge spans 412 metres over the Kessel River. It opened in 1934."
 QUESTION = "When is the lantern festival?"
 HANG_LIMIT_S = 60
 
@@ -455,7 +448,7 @@ def test_ask_batch_refuses_one_string_for_a_list(opened):
 def test_the_cli_refuses_a_bad_max_new_tokens_in_one_line_before_loading(
     two_shards, command, value
 ):
-    def refuse(config: MemoryConfig) -> None:
+    def refuse(config: MemoryConfig, **options) -> None:
         raise AssertionError("the model was loaded for a refused --max-new-tokens")
 
     with mock.patch.object(memory_module, "load_model", refuse):

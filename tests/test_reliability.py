@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
-from tiny_model import tiny_memory_config
+from tiny_model import FACTS, NEW_FACT, tiny_memory_config
 
 from parametric_memory import (
     InvalidDocumentError,
@@ -59,13 +59,6 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import crash_harness  # noqa: E402
 
-FACTS = {
-    "quillhaven.md": "The Quillhaven lantern festival is held every May 14. "
-    "Mira Tallow lit the first lantern in 1911.",
-    "brindlewick.md": "New hires at Brindlewick Analytics get 27 vacation days. "
-    "Payroll is run by Odo Brask from the Orsk Hollow office.",
-}
-NEW_FACT = "The Tarrow Bridge spans 412 metres over the Kessel River. It opened in 1934."
 LOCK_FILES = {store.LOCK_FILE, store.LOCK_OWNER_FILE}
 CLI_ERROR = "parametric-memory: error: "
 
@@ -136,7 +129,7 @@ def assert_one_line_error(result: CliResult, fragment: str = "") -> None:
 def no_model_loads() -> Iterator[None]:
     """Fail the test if the base model is loaded: bad input must be refused before that."""
 
-    def refuse(config):
+    def refuse(config, **options):
         raise AssertionError(f"the model was loaded for {config.model!r}")
 
     with mock.patch.object(memory_module, "load_model", refuse):

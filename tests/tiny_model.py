@@ -24,6 +24,16 @@ _CORPUS = [
 ]
 
 
+# Two small documents and a third fact, shared by the reliability tests on the tiny model.
+FACTS = {
+    "quillhaven.md": "The Quillhaven lantern festival is held every May 14. "
+    "Mira Tallow lit the first lantern in 1911.",
+    "brindlewick.md": "New hires at Brindlewick Analytics get 27 vacation days. "
+    "Payroll is run by Odo Brask from the Orsk Hollow office.",
+}
+NEW_FACT = "The Tarrow Bridge spans 412 metres over the Kessel River. It opened in 1934."
+
+
 def tiny_memory_config(model_dir: Path) -> MemoryConfig:
     """A memory config small enough for unit tests on the tiny model (seconds a document)."""
     return MemoryConfig(

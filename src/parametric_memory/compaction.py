@@ -111,8 +111,12 @@ class Compaction:
         shards: list[int],
     ) -> None:
         lm, config = self.memory.lm, self.training_config
-        members = [set(group) for group in groups]
-        group_items = [[i for i in items if chunks[i.chunk_id].document_id in m] for m in members]
+        group_of = {doc: index for index, group in enumerate(groups) for doc in group}
+        group_items: list[list[TransferItem]] = [[] for _ in groups]
+        for item in items:
+            index = group_of.get(chunks[item.chunk_id].document_id)
+            if index is not None:
+                group_items[index].append(item)
         rngs = [random.Random(f"{config.seed}:compact:{group[0]}") for group in groups]
         folders = [staging / store.shard_dir(shard) for shard in shards]
         self.memory.adapter_holds(None)  # the adapter is about to hold uncommitted weights

@@ -367,10 +367,7 @@ class ParametricMemory:
         """Pick up commits another writer made since this memory was opened, and return the
         committed chunk and transfer-item records; refuse to write over a manifest that no
         longer matches them. The writer (holding the lock) then removes stale folders."""
-        latest = store.read_manifest(self.root)
-        if latest.state != self._manifest.state:
-            self._manifest = latest
-            self._active_shard = None
+        self._adopt(store.read_manifest(self.root))
         chunks = store.read_chunks(self.root, self._manifest)
         items = store.read_transfer_set(self.root, self._manifest)
         problems = records_disagreement(self._manifest, chunks, items)
@@ -438,6 +435,11 @@ class ParametricMemory:
             return
         latest = store.read_manifest(self.root)
         self._manifest_stamp = stamp
+        self._adopt(latest)
+
+    def _adopt(self, latest: store.Manifest) -> None:
+        """Take `latest` as the committed manifest if it names another state; the adapter then
+        holds weights of no committed shard."""
         if latest.state != self._manifest.state:
             self._manifest = latest
             self._active_shard = None
