@@ -20,7 +20,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from common import ask_memory, load_documents
@@ -49,14 +52,23 @@ def main() -> None:
     config = MemoryConfig.model_validate(
         {**json.loads(args.config), "compaction": {"auto_after": None}}
     )
-    for phase in [p for p in PHASES if p in args.phases]:
-        run_phase(phase, args, documents, config, result)
+
+    def save() -> None:
         result_file.write_text(json.dumps(result, indent=1, ensure_ascii=False))
-    (args.out / "compaction.md").write_text(render_markdown(result, args))
+        (args.out / "compaction.md").write_text(render_markdown(result, args))
+
+    for phase in [p for p in PHASES if p in args.phases]:
+        run_phase(phase, args, documents, config, result, save)
+        save()
 
 
 def run_phase(
-    phase: str, args: argparse.Namespace, documents: list[dict], config: MemoryConfig, result
+    phase: str,
+    args: argparse.Namespace,
+    documents: list[dict],
+    config: MemoryConfig,
+    result: dict,
+    save: Callable[[], None],
 ) -> None:
     rows = result["rows"]
     level0 = args.memory / "level0"
@@ -66,10 +78,11 @@ def run_phase(
         rows["level0"] = evaluate(ParametricMemory.open(level0), documents)
     elif phase == "compact":
         for size in args.sizes:
-            if f"compacted-{size}" not in rows:
-                rows[f"compacted-{size}"] = compact_and_evaluate(
-                    level0, size, documents, json.loads(args.compaction)
-                )
+            for variant, overrides in args.variants.items():
+                name = f"compacted-{size}" + (f"-{variant}" if variant else "")
+                if name not in rows:
+                    rows[name] = compact_and_evaluate(level0, name, size, documents, overrides)
+                    save()
     elif phase == "prompts" and "rag" not in rows:
         answered = answer_from_prompts(
             documents, list(range(len(documents))), config, ["base", "in-prompt", "rag"]
@@ -78,20 +91,43 @@ def run_phase(
 
 
 def ingest(documents: list[dict], config: MemoryConfig, folder: Path) -> dict:
-    shutil.rmtree(folder, ignore_errors=True)
-    memory = ParametricMemory.create(folder, config)
+    """One `add_documents` call. An interrupted ingest resumes: the documents it committed
+    are known content, which `add_documents` skips; the seconds of every attempt add up."""
+    spent_file = folder.with_name(folder.name + ".ingest-seconds")
+    spent = float(spent_file.read_text()) if spent_file.exists() else 0.0
+    if (folder / "manifest.json").exists():
+        memory = ParametricMemory.open(folder)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+        memory = ParametricMemory.create(folder, config)
     started = time.perf_counter()
-    memory.add_documents([d["text"] for d in documents], ids=[d["id"] for d in documents])
-    seconds = time.perf_counter() - started
+    with _adding_up(spent_file, spent, started):
+        memory.add_documents([d["text"] for d in documents], ids=[d["id"] for d in documents])
+    seconds = spent + time.perf_counter() - started
     info = memory.info()
     log.info("level 0: %d documents in %.1fs", info.documents, seconds)
     return {"seconds": round(seconds, 1), **_size(info)}
 
 
+@contextmanager
+def _adding_up(spent_file: Path, spent: float, started: float) -> Iterator[None]:
+    """Records the seconds spent so far even when the process is stopped by a signal."""
+
+    def record(signum: int, _frame) -> None:
+        spent_file.write_text(str(spent + time.perf_counter() - started))
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def compact_and_evaluate(
-    level0: Path, size: int, documents: list[dict], overrides: dict
+    level0: Path, name: str, size: int, documents: list[dict], overrides: dict
 ) -> dict:
-    folder = level0.with_name(f"compacted-{size}")
+    folder = level0.with_name(name)
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(level0, folder, copy_function=os.link)  # the level-0 files stay as they are
     memory = ParametricMemory.open(folder)
@@ -160,13 +196,26 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--sizes", default="32", help="documents per compacted shard, a list")
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--config", default="{}", help="MemoryConfig fields as JSON")
-    parser.add_argument("--compaction", default="{}", help="CompactionConfig fields as JSON")
+    parser.add_argument(
+        "--compaction", default="{}", help="CompactionConfig fields as JSON, for every size"
+    )
+    parser.add_argument(
+        "--variants",
+        default='{"": {}}',
+        help="named CompactionConfig overrides as JSON, each compacted at every size: "
+        '\'{"b8": {"batch_size": 8}, "bf16": {"adapter_dtype": "bfloat16"}}\'',
+    )
     parser.add_argument("--memory", type=Path, help="folder for the memories (default: OUT)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.phases = [p.strip() for p in args.phases.split(",")]
     args.memory = args.memory or args.out
+    common_overrides = json.loads(args.compaction)
+    args.variants = {
+        name: {**common_overrides, **overrides}
+        for name, overrides in json.loads(args.variants).items()
+    }
     return args
 
 

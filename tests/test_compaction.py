@@ -76,9 +76,7 @@ def test_compaction_replaces_level_zero_shards_with_one_shard_per_group(tmp_path
     assert memory.ask("When is the Zorbian festival?", max_new_tokens=4)
 
 
-def test_the_command_line_compacts_and_the_memory_reopens_compacted(
-    tmp_path, tiny_config, capsys
-):
+def test_the_command_line_compacts_and_the_memory_reopens_compacted(tmp_path, tiny_config, capsys):
     from parametric_memory.cli import main
 
     root = _filled(tmp_path, tiny_config, documents_per_shard=5).root
@@ -156,7 +154,6 @@ def test_groups_trained_together_in_slots_match_groups_trained_one_by_one(
     in turn. Forced on the CPU here, both give each group the same adapter."""
     import dataclasses
 
-
     config = tiny_config.model_copy(
         update={"compaction": CompactionConfig(documents_per_shard=3, auto_after=None)}
     )
@@ -194,6 +191,27 @@ def test_shards_stored_in_bfloat16_take_half_the_bytes_and_answer(tmp_path, tiny
         assert {tensor.dtype for tensor in tensors.values()} == {torch.bfloat16}
     reopened = ParametricMemory.open(halved.root)
     assert reopened.ask("Who founded the Zorbian festival?", max_new_tokens=4)
+
+
+def test_compaction_can_store_its_shards_in_bfloat16_while_level_zero_stays_float32(
+    tmp_path, tiny_config
+):
+    import torch
+
+    memory = _filled(tmp_path / "m", tiny_config)
+    memory.compact(
+        CompactionConfig(documents_per_shard=3, adapter_dtype="bfloat16"), progress=False
+    )
+    for tensors in _shard_weights(memory).values():
+        assert {tensor.dtype for tensor in tensors.values()} == {torch.bfloat16}
+    memory.add_documents(["The Tarrow Bridge spans 412 metres over the Kessel River."])
+    manifest = store.read_manifest(memory.root)
+    newest = max(record.shard for record in manifest.documents.values())
+    assert newest not in manifest.compacted_shards
+    level0 = store.shard_weights(memory.root, manifest, newest)
+    from safetensors.torch import load_file
+
+    assert {tensor.dtype for tensor in load_file(level0).values()} == {torch.float32}
 
 
 def test_a_reader_opened_before_a_compaction_follows_it(tmp_path, tiny_config):

@@ -171,6 +171,8 @@ class CompactionConfig(_Config):
     """Items per optimiser step; None: `consolidation.batch_size`."""
     learning_rate: float | None = Field(None, gt=0.0, le=1.0)
     """None: `consolidation.learning_rate`."""
+    adapter_dtype: Literal["float32", "bfloat16"] | None = None
+    """How compacted shards are stored; None: `consolidation.adapter_dtype`."""
 
     def training(self, consolidation: ConsolidationConfig) -> ConsolidationConfig:
         """The consolidation settings a compacted shard is trained with."""
@@ -178,6 +180,7 @@ class CompactionConfig(_Config):
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "learning_rate": self.learning_rate,
+            "adapter_dtype": self.adapter_dtype,
         }
         return consolidation.model_copy(
             update={key: value for key, value in overrides.items() if value is not None}

@@ -7,7 +7,7 @@
 set -u
 step=$1; shift
 if [ "$step" = setup-a ]; then
-  mkdir -p /root/m && cp .gpu/a/* /root/m/
+  mkdir -p /root/m && cp .gpu/a/* /root/m/ && { cp .gpu/c/* /root/m/ 2>/dev/null || true; }
   python3 -m pip install -q --no-deps /root/m/*.whl 2>&1 | tail -1
   python3 --version; nvidia-smi -L
   python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)"
@@ -31,9 +31,10 @@ export PYTHONPATH=$PWD/src:$PWD/benchmarks OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 R=/root/res; mkdir -p $R
 cd benchmarks
-timeout ${LIMIT:-540} python3 compaction.py --data /root/m/squad-dev.jsonl --n ${N:-1048} \
+timeout -k 15 ${LIMIT:-540} python3 compaction.py --data /root/m/squad-dev.jsonl --n ${N:-1048} \
   --questions-per-doc ${Q:-1} --sizes ${SIZES:-32} --phases "$1" --config "${CONFIG:-{\}}" --compaction "${COMPACTION:-{\}}" \
-  --memory /root/mem --out $R/${LABEL:-n1048} > $R/${LABEL:-n1048}.log 2>&1
+  --variants "${VARIANTS:-{\"\": {\}\}}" \
+  --memory /root/mem/${LABEL:-n1048} --out $R/${LABEL:-n1048} >> $R/${LABEL:-n1048}.log 2>&1
 echo "exit $?"
 grep -vE "it/s\]|Warning|warn" $R/${LABEL:-n1048}.log | tail -15 | cut -c1-250
 cp $R/${LABEL:-n1048}/compaction.* $OUT/ 2>/dev/null; cp $R/${LABEL:-n1048}.log $OUT/ 2>/dev/null
