@@ -1,6 +1,7 @@
-"""Command-line interface: `parametric-memory ingest|ask|recall|info|verify|forget`.
+"""Command-line interface: `parametric-memory ingest|ask|recall|list|info|verify|forget|compact`.
 
-Library errors become one line on stderr and a non-zero exit code; never a traceback.
+Library errors become one line on stderr and exit code 1, usage errors (a bad --config, a
+--model other than the memory's) one line and exit code 2; never a traceback.
 """
 
 from __future__ import annotations
@@ -11,22 +12,37 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 
+from pydantic import ValidationError
 from transformers.utils import logging as transformers_logging
 
+from . import store
+from ._version import __version__
 from .config import CompactionConfig, MemoryConfig
 from .distributed import add_documents_distributed, launched_by_torchrun
-from .documents import read_files
-from .errors import MemoryExistsError, ParametricMemoryError
+from .documents import TEXT_SUFFIXES, read_files
+from .errors import InvalidDocumentError, MemoryExistsError, ParametricMemoryError
+from .ingest import IngestReport
 from .memory import MAX_NEW_TOKENS, ParametricMemory, check_max_new_tokens
+from .records import Document
 from .store import LOCK_FILE, LOCK_OWNER_FILE, MANIFEST_FILE
 from .store.verify import verify_memory
 
 EXIT_ERROR = 1
+EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 _LOCK_FILES = (LOCK_FILE, LOCK_OWNER_FILE)
+_PROG = "parametric-memory"
+_EXIT_CODES = "exit status: 0 done, 1 error, 2 usage error, 130 interrupted"
+_YAML_SUFFIXES = (".yaml", ".yml")
+Handler = Callable[[argparse.Namespace], int]
+
+
+class UsageError(Exception):
+    """A command line that asks for something the memory cannot do (exit code 2)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,11 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     try:
         return args.handler(args)
+    except UsageError as error:
+        print(f"{_PROG}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
     except ParametricMemoryError as error:
-        print(f"parametric-memory: error: {error}", file=sys.stderr)
+        print(f"{_PROG}: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("parametric-memory: interrupted; the memory keeps its last commit", file=sys.stderr)
+        print(f"{_PROG}: interrupted; the memory keeps its last commit", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -68,59 +87,355 @@ def _configure_logging(verbose: bool) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
 
 
+def package_version() -> str:
+    """The installed distribution's version; the source tree's when it is not installed."""
+    try:
+        return metadata.version(_PROG)
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
+# --- the command line -------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parametric-memory", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    commands = parser.add_subparsers(required=True, dest="command")
-
-    ingest = commands.add_parser("ingest", help="consolidate .txt/.md files or folders")
-    ingest.add_argument("paths", nargs="+")
-    ingest.add_argument("--memory", required=True)
-    ingest.add_argument("--model", default="default", help="base model for a new memory")
-    ingest.set_defaults(handler=_ingest)
-
-    for name, handler, help_text in (
-        ("ask", _ask, "answer a question from the memory's weights"),
-        ("recall", _recall, "write out what the memory holds about a query"),
-    ):
-        command = commands.add_parser(name, help=help_text)
-        command.add_argument("text")
-        command.add_argument("--memory", required=True)
-        # Checked by the command, not argparse: a bad value is one line, not the usage text.
-        command.add_argument("--max-new-tokens", default=128, help=f"1 to {MAX_NEW_TOKENS}")
-        command.set_defaults(handler=handler)
-
-    info = commands.add_parser("info", help="model, documents, tokens, adapter size")
-    info.add_argument("--memory", required=True)
-    info.set_defaults(handler=_info)
-
-    verify = commands.add_parser("verify", help="check the memory's files and hashes")
-    verify.add_argument("--memory", required=True)
-    verify.set_defaults(handler=_verify)
-
-    forget = commands.add_parser("forget", help="remove a document and its influence")
-    forget.add_argument("document_id")
-    forget.add_argument("--memory", required=True)
-    forget.set_defaults(handler=_forget)
-    compact = commands.add_parser(
-        "compact", help="consolidate level-0 documents again, related ones together"
+    parser = argparse.ArgumentParser(
+        prog=_PROG,
+        description=__doc__.splitlines()[0],
+        epilog=f"run `{_PROG} COMMAND --help` for a command's options and examples\n{_EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    compact.add_argument("--memory", required=True)
-    compact.add_argument(
-        "--documents-per-shard",
-        type=_group_size,
-        help="documents per compacted shard, at least 2 (default: the memory's config)",
+    parser.add_argument("--version", action="version", version=f"{_PROG} {package_version()}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log each step, and dependencies' warnings"
     )
-    compact.set_defaults(handler=_compact)
+    commands = parser.add_subparsers(
+        required=True, dest="command", metavar="COMMAND", help="what to do (one of these)"
+    )
+    _ingest_command(commands)
+    _question_commands(commands)
+    _list_command(commands)
+    _info_command(commands)
+    _verify_command(commands)
+    _forget_command(commands)
+    _compact_command(commands)
     return parser
 
 
-def _open_or_create(path: str, model: str) -> ParametricMemory:
-    root = Path(path)
+def _command(
+    commands: argparse._SubParsersAction,
+    name: str,
+    handler: Handler,
+    summary: str,
+    examples: Sequence[str],
+) -> argparse.ArgumentParser:
+    """A sub-command whose help ends with examples, kept as written."""
+    lines = "\n".join(f"  {_PROG} {name} {example}" for example in examples)
+    command = commands.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=f"examples:\n{lines}\n\n{_EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.set_defaults(handler=handler)
+    return command
+
+
+def _memory_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--memory", required=True, metavar="FOLDER", help="the memory's folder (required)"
+    )
+
+
+def _device_option(command: argparse.ArgumentParser, new_memory: bool = False) -> None:
+    kept = "; a new memory keeps it in its config" if new_memory else ""
+    command.add_argument(
+        "--device",
+        help="where the model runs this time: cpu, cuda, cuda:1, ... (default: the memory's "
+        f"config, whose default auto is CUDA when available){kept}",
+    )
+
+
+def _progress_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "-q",
+        "--quiet",
+        dest="progress",
+        action="store_false",
+        help="no progress bars (there are none either when stderr is not a terminal)",
+    )
+    command.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="the same as --quiet"
+    )
+
+
+def _ingest_command(commands: argparse._SubParsersAction) -> None:
+    ingest = _command(
+        commands,
+        "ingest",
+        _ingest,
+        f"consolidate text files ({'/'.join(TEXT_SUFFIXES)}) or folders of them",
+        (
+            "notes/ --memory ./memory",
+            "handbook.md faq.txt --memory ./memory --model HuggingFaceTB/SmolLM2-360M-Instruct",
+            "notes/ --memory ./memory --config memory.json --device cuda:1 --quiet",
+        ),
+    )
+    ingest.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help=f"files or folders (read recursively for {'/'.join(TEXT_SUFFIXES)} files)",
+    )
+    _memory_option(ingest)
+    ingest.add_argument(
+        "--model",
+        help='base model of a new memory: "default", a Hugging Face id or a local folder; '
+        "an existing memory must be given its own model or none",
+    )
+    ingest.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON (or YAML) file of MemoryConfig fields for a new memory; "
+        "--model and --device override its fields",
+    )
+    _device_option(ingest, new_memory=True)
+    _progress_options(ingest)
+
+
+def _question_commands(commands: argparse._SubParsersAction) -> None:
+    for name, handler, summary, example in (
+        ("ask", _ask, "answer a question from the memory's weights", '"Who lit the lantern?"'),
+        ("recall", _recall, "write out what the memory holds about a query", '"lanterns"'),
+    ):
+        command = _command(
+            commands, name, handler, summary, (f"{example} --memory ./memory --max-new-tokens 64",)
+        )
+        command.add_argument("text", help="the question" if name == "ask" else "the query")
+        _memory_option(command)
+        # Checked by the command, not argparse: a bad value is one line, not the usage text.
+        command.add_argument(
+            "--max-new-tokens",
+            default=128,
+            metavar="N",
+            help=f"longest answer, in tokens: 1 to {MAX_NEW_TOKENS} (default: 128)",
+        )
+        _device_option(command)
+
+
+def _list_command(commands: argparse._SubParsersAction) -> None:
+    listing = _command(
+        commands,
+        "list",
+        _list,
+        "the documents held (the ids `forget` takes), their source and shard",
+        ("--memory ./memory", "--memory ./memory --json"),
+    )
+    _memory_option(listing)
+    listing.add_argument(
+        "--json", action="store_true", help="one JSON array of the documents' records"
+    )
+
+
+def _info_command(commands: argparse._SubParsersAction) -> None:
+    info = _command(
+        commands,
+        "info",
+        _info,
+        "model, documents, tokens, adapter size (as JSON)",
+        ("--memory ./memory",),
+    )
+    _memory_option(info)
+    _device_option(info)
+
+
+def _verify_command(commands: argparse._SubParsersAction) -> None:
+    verify = _command(
+        commands,
+        "verify",
+        _verify,
+        "check the memory's files and hashes (exit code 1 on a problem)",
+        ("--memory ./memory",),
+    )
+    _memory_option(verify)
+
+
+def _forget_command(commands: argparse._SubParsersAction) -> None:
+    forget = _command(
+        commands,
+        "forget",
+        _forget,
+        "remove a document and its influence",
+        ("notes/handbook.md --memory ./memory",),
+    )
+    forget.add_argument("document_id", help="the document's id, as `list` shows it")
+    _memory_option(forget)
+    _device_option(forget)
+    _progress_options(forget)
+
+
+def _compact_command(commands: argparse._SubParsersAction) -> None:
+    compact = _command(
+        commands,
+        "compact",
+        _compact,
+        "consolidate level-0 documents again, related ones together",
+        ("--memory ./memory", "--memory ./memory --documents-per-shard 16 --quiet"),
+    )
+    _memory_option(compact)
+    compact.add_argument(
+        "--documents-per-shard",
+        type=_group_size,
+        metavar="N",
+        help="documents per compacted shard, at least 2 (default: the memory's config)",
+    )
+    _device_option(compact)
+    _progress_options(compact)
+
+
+def _group_size(value: str) -> int:
+    if not value.isdigit() or int(value) < 2:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 2, got {value!r}")
+    return int(value)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Bars only for a person watching: never with --quiet, nor into a file or a pipe, where
+    every `\\r` frame would be one more line of a log."""
+    return args.progress and sys.stderr is not None and sys.stderr.isatty()
+
+
+# --- ingest -------------------------------------------------------------------------------
+def _ingest(args: argparse.Namespace) -> int:
+    fields = _requested_fields(args)
+    config = _validated(fields, args.config)
+    refuse_unsupported_files(args.paths)
+    documents = read_files(args.paths)  # bad input is refused before a model is loaded
+    root = Path(args.memory)
     if (root / MANIFEST_FILE).exists():
-        return ParametricMemory.open(root)
+        _refuse_other_settings(root, fields, config, args.config)
+    report = _add(args, root, config, documents)
+    if report is None:  # a torchrun process other than rank 0: that one reports
+        return 0
+    print(
+        f"added {len(report.added)} document(s), skipped {len(report.skipped)} already held; "
+        f"{report.chunks} chunk(s), {report.transfer_items} transfer item(s)"
+    )
+    return 0
+
+
+def _add(
+    args: argparse.Namespace, root: Path, config: MemoryConfig, documents: list[Document]
+) -> IngestReport | None:
+    progress = _progress(args)
+    if not launched_by_torchrun():
+        memory = _open_or_create(root, config, args.device)
+        return memory.add_files(args.paths, progress=progress)
+    # One process per GPU, shards spread over them.
+    if args.device is not None:
+        raise UsageError("--device does not apply under torchrun: each process takes a GPU")
+    report = add_documents_distributed(root, documents, config=config, progress=progress)
+    return report if os.environ.get("RANK") == "0" else None
+
+
+def refuse_unsupported_files(paths: Sequence[str]) -> None:
+    """Files named on the command line pass the rule a folder scan picks files by."""
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file() and path.suffix not in TEXT_SUFFIXES:
+            raise InvalidDocumentError(
+                f"{path}: not a {'/'.join(TEXT_SUFFIXES)} file (a folder scan skips it too); "
+                "convert it to text or leave it out"
+            )
+
+
+def _requested_fields(args: argparse.Namespace) -> dict[str, object]:
+    """MemoryConfig fields asked for: --config's file, overridden by --model and --device."""
+    fields = _config_file_fields(args.config) if args.config is not None else {}
+    for name in ("model", "device"):
+        if getattr(args, name) is not None:
+            fields[name] = getattr(args, name)
+    return fields
+
+
+def _config_file_fields(path: str) -> dict[str, object]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise UsageError(f"--config {path}: cannot read it: {reason}") from None
+    fields = _parse_config(path, text)
+    if not isinstance(fields, dict):
+        kind = type(fields).__name__
+        raise UsageError(f"--config {path}: expected an object of MemoryConfig fields, got {kind}")
+    return fields
+
+
+def _parse_config(path: str, text: str) -> object:
+    if Path(path).suffix.lower() not in _YAML_SUFFIXES:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"--config {path}: not valid JSON: {error}") from None
+    try:
+        import yaml
+    except ImportError:
+        raise UsageError(f"--config {path}: YAML needs pyyaml installed; or use JSON") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise UsageError(f"--config {path}: not valid YAML: {_one_line(error)}") from None
+
+
+def _validated(fields: dict[str, object], config_path: str | None) -> MemoryConfig:
+    try:
+        return MemoryConfig.model_validate(fields)
+    except ValidationError as error:
+        where = f"--config {config_path}" if config_path is not None else "bad option"
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in error.errors()
+        )
+        raise UsageError(f"{where}: {_one_line(problems)}") from None
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _refuse_other_settings(
+    root: Path, fields: dict[str, object], config: MemoryConfig, config_path: str | None
+) -> None:
+    """An existing memory keeps the model and config it was made with: asking for others is
+    an error, never silently ignored."""
+    held = store.read_manifest(root).config
+    model = fields.get("model")
+    if model is not None and not _same_model(str(model), held.model):
+        raise UsageError(
+            f"{root} was made with model {held.model!r}, not {model!r}: leave out --model "
+            "to add to it, or give a new --memory"
+        )
+    ignored = {"model", "device"}
+    if config_path is not None and config.model_dump(exclude=ignored) != held.model_dump(
+        exclude=ignored
+    ):
+        raise UsageError(
+            f"--config {config_path} differs from the config {root} was made with: "
+            "--config applies to a new memory"
+        )
+
+
+def _same_model(asked: str, held: str) -> bool:
+    if asked == held:
+        return True
+    return Path(asked).exists() and Path(held).exists() and Path(asked).samefile(held)
+
+
+def _open_or_create(root: Path, config: MemoryConfig, device: str | None) -> ParametricMemory:
+    """An existing memory runs on `device` this time (None: its config's); a new one is made
+    with `config` (which holds --device)."""
+    if (root / MANIFEST_FILE).exists():
+        return ParametricMemory.open(root, device=device)
     _refuse_a_folder_in_use(root)
-    return ParametricMemory.create(root, MemoryConfig(model=model))
+    return ParametricMemory.create(root, config)
 
 
 def _refuse_a_folder_in_use(root: Path) -> None:
@@ -133,22 +448,7 @@ def _refuse_a_folder_in_use(root: Path) -> None:
         )
 
 
-def _ingest(args: argparse.Namespace) -> int:
-    documents = read_files(args.paths)  # bad input is refused before a model is loaded
-    if launched_by_torchrun():  # one process per GPU, shards spread over them
-        config = MemoryConfig(model=args.model)
-        report = add_documents_distributed(args.memory, documents, config=config)
-        if os.environ.get("RANK") != "0":
-            return 0
-    else:
-        report = _open_or_create(args.memory, args.model).add_files(args.paths)
-    print(
-        f"added {len(report.added)} document(s), skipped {len(report.skipped)} already held; "
-        f"{report.chunks} chunk(s), {report.transfer_items} transfer item(s)"
-    )
-    return 0
-
-
+# --- the other commands -------------------------------------------------------------------
 def _max_new_tokens(value: str | int) -> int:
     """--max-new-tokens as a number, refused (before a model loads) unless 1..MAX_NEW_TOKENS."""
     try:
@@ -158,9 +458,13 @@ def _max_new_tokens(value: str | int) -> int:
     return check_max_new_tokens(number)
 
 
+def _open(args: argparse.Namespace) -> ParametricMemory:
+    return ParametricMemory.open(args.memory, device=args.device)
+
+
 def _ask(args: argparse.Namespace) -> int:
     max_new_tokens = _max_new_tokens(args.max_new_tokens)
-    memory = ParametricMemory.open(args.memory)
+    memory = _open(args)
     for piece in memory.stream(args.text, max_new_tokens=max_new_tokens):
         print(piece, end="", flush=True)
     print()
@@ -169,31 +473,35 @@ def _ask(args: argparse.Namespace) -> int:
 
 def _recall(args: argparse.Namespace) -> int:
     max_new_tokens = _max_new_tokens(args.max_new_tokens)
-    recollection = ParametricMemory.open(args.memory).recall(
-        args.text, max_new_tokens=max_new_tokens
-    )
+    recollection = _open(args).recall(args.text, max_new_tokens=max_new_tokens)
     print(recollection.text)
     return 0
 
 
-def _info(args: argparse.Namespace) -> int:
-    print(json.dumps(ParametricMemory.open(args.memory).info().model_dump(), indent=2))
+def _list(args: argparse.Namespace) -> int:
+    """From the manifest alone: listing loads no model."""
+    documents = sorted(store.read_manifest(Path(args.memory)).documents.items())
+    if args.json:
+        print(json.dumps([{"id": i, **record.model_dump()} for i, record in documents], indent=2))
+        return 0
+    for document_id, record in documents:
+        described = ", ".join(f"{key}={value}" for key, value in sorted(record.metadata.items()))
+        print("\t".join(filter(None, (document_id, f"shard {record.shard}", described))))
     return 0
 
 
-def _group_size(value: str) -> int:
-    if not value.isdigit() or int(value) < 2:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 2, got {value!r}")
-    return int(value)
+def _info(args: argparse.Namespace) -> int:
+    print(json.dumps(_open(args).info().model_dump(), indent=2))
+    return 0
 
 
 def _compact(args: argparse.Namespace) -> int:
-    memory = ParametricMemory.open(args.memory)
+    memory = _open(args)
     settings = memory.config.compaction
     if args.documents_per_shard is not None:
         fields = {**settings.model_dump(), "documents_per_shard": args.documents_per_shard}
         settings = CompactionConfig.model_validate(fields)
-    report = memory.compact(settings)
+    report = memory.compact(settings, progress=_progress(args))
     print(
         f"compacted {sum(map(len, report.groups))} document(s) into {len(report.groups)} "
         f"shard(s); {report.shards_before} -> {report.shards_after} shards in "
@@ -211,7 +519,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _forget(args: argparse.Namespace) -> int:
-    ParametricMemory.open(args.memory).delete_document(args.document_id)
+    _open(args).delete_document(args.document_id, progress=_progress(args))
     print(f"forgot {args.document_id}")
     return 0
 
