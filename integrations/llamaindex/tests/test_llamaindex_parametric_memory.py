@@ -38,9 +38,8 @@ def test_pipeline_consolidates_nodes_and_returns_them():
         documents=[Document(text=FACTS, id_="festival"), Document(text=TOWN, id_="town")]
     )
     assert [n.get_content() for n in nodes] == [FACTS, TOWN]
-    assert set(memory.documents) == {n.node_id for n in nodes}
-    record = memory.documents[nodes[0].node_id]
-    assert record.metadata["ref_doc_id"] == "festival"
+    assert set(memory.documents) == {"festival", "town"}  # one per source document
+    assert memory.documents["festival"].metadata["ref_doc_id"] == "festival"
 
 
 def test_pipeline_cache_is_keyed_on_the_memory_state(monkeypatch):
@@ -60,6 +59,11 @@ def test_pipeline_cache_is_keyed_on_the_memory_state(monkeypatch):
     memory.delete_document("b", progress=False)
     pipeline.run(nodes=nodes)  # the memory changed again: not served from the cache
     assert set(memory.documents) == {"a", "b"}
+    for doc_id in ("a", "b"):
+        memory.delete_document(doc_id, progress=False)
+    pipeline.run(nodes=nodes)  # as empty as before the first run, but committed since: runs
+    assert set(memory.documents) == {"a", "b"}
+    pipeline.run(nodes=nodes)  # nothing committed by this one...
     calls = []
     monkeypatch.setattr(ParametricMemoryTransform, "consolidate", lambda self, n: calls.append(n))
     pipeline.run(nodes=nodes)  # same nodes, same memory: served from the cache

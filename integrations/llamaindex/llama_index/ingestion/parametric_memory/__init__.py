@@ -1,5 +1,9 @@
-"""LlamaIndex ingestion transform writing nodes into parametric-memory."""
+"""LlamaIndex ingestion transform writing nodes into parametric-memory, and the vector-store
+slot that carries an `IngestionPipeline`'s upserts and deletions to it."""
 
-from llama_index.ingestion.parametric_memory.base import ParametricMemoryTransform
+from llama_index.ingestion.parametric_memory.base import (
+    ParametricMemoryTransform,
+    ParametricMemoryVectorStore,
+)
 
-__all__ = ["ParametricMemoryTransform"]
+__all__ = ["ParametricMemoryTransform", "ParametricMemoryVectorStore"]

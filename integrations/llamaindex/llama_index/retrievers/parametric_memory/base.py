@@ -24,9 +24,10 @@ from parametric_memory.integration import (
     resolve_memory,
 )
 
-_HIDDEN_KEYS = [*PROVENANCE_KEYS, "ref_doc_id"]
+_HIDDEN_KEYS = [*PROVENANCE_KEYS, "ref_doc_id", "ref_doc_hash"]
 """Metadata keys left out of the text the LLM and embeddings see: the provenance, and the
-`ref_doc_id` the ingestion transform records (the node's source relationship gives it)."""
+`ref_doc_id` (the node's source relationship gives it) and `ref_doc_hash` (the source
+document's version) the ingestion transform records."""
 
 
 class ParametricMemoryRetriever(BaseRetriever):
