@@ -26,9 +26,7 @@ def test_the_import_contracts_are_kept():
     if not command.exists():
         command = shutil.which("lint-imports")
     assert command, "import-linter is a dev dependency: pip install -e '.[dev]'"
-    result = subprocess.run(
-        [str(command), "--no-cache"], cwd=REPO, capture_output=True, text=True
-    )
+    result = subprocess.run([str(command), "--no-cache"], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:]
 
 
@@ -69,4 +67,3 @@ def test_a_new_memory_stamps_its_prompt_version_and_an_old_one_reads_as_1(
     del raw["prompt_version"]
     manifest_file.write_text(json.dumps(raw))
     assert store.read_manifest(tmp_path / "m").prompt_version == 1
-

@@ -40,4 +40,3 @@ def topk_kl_per_token(
     kl_top = (teacher_p * (teacher_top - student_top)).sum(-1)
     kl_tail = teacher_tail * (teacher_tail.clamp(min=_EPS).log() - student_tail.log())
     return kl_top + kl_tail
-

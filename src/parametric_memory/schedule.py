@@ -39,4 +39,3 @@ def warmup_then_linear_decay(total_steps: int, warmup_ratio: float):
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return factor
-

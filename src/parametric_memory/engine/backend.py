@@ -81,5 +81,5 @@ def choose_backend(device: torch.device, config: EngineConfig | None = None) -> 
         if backend is not None:
             return backend
     raise ModelLoadError(
-        f"engine.backend={config.backend!r} cannot run on device {device}; use \"auto\""
+        f'engine.backend={config.backend!r} cannot run on device {device}; use "auto"'
     )

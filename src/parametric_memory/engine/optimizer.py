@@ -46,5 +46,3 @@ def reset_state(optimizer: torch.optim.Optimizer) -> None:
     for state in optimizer.state.values():
         for value in state.values():
             value.zero_()
-
-

@@ -224,5 +224,3 @@ def student_nll(lm: LoadedModel, examples: list[Example], batch_size: int) -> li
     for i, value in zip(order, torch.cat(means).tolist(), strict=True):
         result[i] = value
     return result
-
-
