@@ -177,12 +177,16 @@ def test_groups_trained_together_in_slots_match_groups_trained_one_by_one(
             assert error < 1e-3, (shard, key, float(error))
 
 
+def _stored_in(config: MemoryConfig, dtype: str) -> MemoryConfig:
+    stored = config.consolidation.model_copy(update={"adapter_dtype": dtype})
+    return config.model_copy(update={"consolidation": stored})
+
+
 def test_shards_stored_in_bfloat16_take_half_the_bytes_and_answer(tmp_path, tiny_config):
     import torch
 
-    stored = tiny_config.consolidation.model_copy(update={"adapter_dtype": "bfloat16"})
-    halved = _filled(tmp_path / "bf16", tiny_config.model_copy(update={"consolidation": stored}))
-    full = _filled(tmp_path / "fp32", tiny_config)
+    halved = _filled(tmp_path / "bf16", _stored_in(tiny_config, "bfloat16"))
+    full = _filled(tmp_path / "fp32", _stored_in(tiny_config, "float32"))
     # half the tensor bytes; the tiny model's files are ~15% header (the tensors' names)
     assert halved.info().adapter_bytes < 0.6 * full.info().adapter_bytes
     halved.compact(progress=False)
@@ -198,7 +202,7 @@ def test_compaction_can_store_its_shards_in_bfloat16_while_level_zero_stays_floa
 ):
     import torch
 
-    memory = _filled(tmp_path / "m", tiny_config)
+    memory = _filled(tmp_path / "m", _stored_in(tiny_config, "float32"))
     memory.compact(
         CompactionConfig(documents_per_shard=3, adapter_dtype="bfloat16"), progress=False
     )
