@@ -49,9 +49,16 @@ def answer_prompts(lm: LoadedModel, prompts: Sequence[str]) -> list[str]:
     return [answer.strip() for answer in answers]
 
 
-def ask_memory(memory: ParametricMemory, questions: Sequence[str]) -> list[str]:
-    """Greedy answers from the memory's weights, the question alone in the prompt."""
-    return memory.ask_batch(list(questions), max_new_tokens=MAX_ANSWER_TOKENS)
+def ask_memory(
+    memory: ParametricMemory, questions: Sequence[str], shards_per_question: int | None = None
+) -> list[str]:
+    """Greedy answers from the memory's weights, the question alone in the prompt, each
+    with its top `shards_per_question` shards (None: the memory's setting)."""
+    return memory.ask_batch(
+        list(questions),
+        max_new_tokens=MAX_ANSWER_TOKENS,
+        shards_per_question=shards_per_question,
+    )
 
 
 def ingest_document(memory: ParametricMemory, document: dict) -> float:

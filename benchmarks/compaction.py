@@ -74,8 +74,12 @@ def run_phase(
     level0 = args.memory / "level0"
     if phase == "ingest" and "ingest" not in result:
         result["ingest"] = ingest(documents, config, level0)
-    elif phase == "level0" and "level0" not in rows:
-        rows["level0"] = evaluate(ParametricMemory.open(level0), documents)
+    elif phase == "level0":
+        for k in args.shards_per_question:
+            name = "level0" if k == 1 else f"level0-top{k}"
+            if name not in rows:
+                rows[name] = evaluate(ParametricMemory.open(level0), documents, k)
+                save()
     elif phase == "compact":
         for size in args.sizes:
             for variant, overrides in args.variants.items():
@@ -139,10 +143,10 @@ def compact_and_evaluate(
     return row
 
 
-def evaluate(memory: ParametricMemory, documents: list[dict]) -> dict:
+def evaluate(memory: ParametricMemory, documents: list[dict], shards: int = 1) -> dict:
     questions = questions_of(documents, range(len(documents)))
     started = time.perf_counter()
-    answers = ask_memory(memory, [q["question"] for _, _, q in questions])
+    answers = ask_memory(memory, [q["question"] for _, _, q in questions], shards)
     seconds = time.perf_counter() - started
     row = summary(score_records(documents, questions, answers))
     row.update({"answer_seconds": round(seconds, 1), **_size(memory.info())})
@@ -195,6 +199,11 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--questions-per-doc", type=int, default=5)
     parser.add_argument("--sizes", default="32", help="documents per compacted shard, a list")
     parser.add_argument("--phases", default=",".join(PHASES))
+    parser.add_argument(
+        "--shards-per-question",
+        default="1",
+        help="level0 phase: answer with each question's top k shards, a list (1,2,3)",
+    )
     parser.add_argument("--config", default="{}", help="MemoryConfig fields as JSON")
     parser.add_argument(
         "--compaction", default="{}", help="CompactionConfig fields as JSON, for every size"
@@ -209,6 +218,7 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.shards_per_question = [int(k) for k in args.shards_per_question.split(",")]
     args.phases = [p.strip() for p in args.phases.split(",")]
     args.memory = args.memory or args.out
     common_overrides = json.loads(args.compaction)

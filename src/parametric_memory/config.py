@@ -188,6 +188,21 @@ class CompactionConfig(_Config):
         )
 
 
+class RoutingConfig(_Config):
+    """Which shards' weights answer a question. Routing only ever chooses weights: no text
+    enters the prompt."""
+
+    shards_per_question: int = Field(1, ge=1, le=16)
+    """A question is answered with the sum of its top shards' updates (by BM25 match of their
+    best chunk), so an answer may draw on several documents and survive a routing miss. 1:
+    the best shard alone, its update merged into the base weights on CUDA (the fastest
+    path). Above 1, each row of a batch computes its own sum of rank k * r (answers go
+    through `model.generate`)."""
+    weights: Literal["relative", "equal"] = "relative"
+    """How the top shards' updates are weighted: "relative", the best shard 1 and each other
+    its BM25 score over the best's; "equal", 1 each (PRAG's sum)."""
+
+
 class EngineConfig(_Config):
     """How the method runs, never what it computes: each fast path is tested equal to the
     reference. The backend is chosen once, when the model loads (`engine/backend.py`)."""
@@ -227,4 +242,5 @@ class MemoryConfig(_Config):
     consolidation: ConsolidationConfig = ConsolidationConfig()
     sharding: ShardingConfig = ShardingConfig()
     compaction: CompactionConfig = CompactionConfig()
+    routing: RoutingConfig = RoutingConfig()
     engine: EngineConfig = EngineConfig()

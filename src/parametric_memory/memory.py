@@ -29,6 +29,7 @@ from .engine.adapter_files import save_adapter
 from .engine.generation import encode_prompts, generate, stream
 from .engine.merged_adapter import answering_weights
 from .engine.models import LoadedModel, load_model
+from .engine.row_adapters import RowAdapters, WeightedAdapters
 from .errors import (
     CorruptMemoryError,
     DocumentNotFoundError,
@@ -42,7 +43,7 @@ from .method.consolidate import attach_adapter, reset_adapter
 from .method.prompts import PROMPT_VERSION, RECALL_TEMPLATE
 from .method.transformation import retrain
 from .records import Chunk, CompactionReport, Document, TransferItem
-from .routing import ShardRouter
+from .routing import ShardRouter, composition_weights
 from .sharding import items_of_shard
 from .store.verify import record_problems, records_disagreement
 
@@ -163,8 +164,7 @@ class ParametricMemory:
         if self._active_shard == shard:
             return
         config = self._manifest.config
-        if not isinstance(self._lm.model, PeftModel):
-            attach_adapter(self._lm, config.consolidation, config.seed)
+        self._ensure_adapter()
         path = store.shard_weights(self.root, self._manifest, shard)
         self._active_shard = None
         if path is None:
@@ -173,11 +173,24 @@ class ParametricMemory:
             self._load_weights(path)
         self._active_shard = shard
 
-    def _load_weights(self, path: Path) -> None:
+    def _ensure_adapter(self) -> None:
+        """The model carries the memory's LoRA adapter (its shape) from the first answer on."""
+        if not isinstance(self._lm.model, PeftModel):
+            config = self._manifest.config
+            attach_adapter(self._lm, config.consolidation, config.seed)
+
+    @staticmethod
+    def _read_weights(path: Path) -> dict:
         try:
-            weights = load_file(path)
-            result = set_peft_model_state_dict(self._lm.model, weights)
+            return load_file(path)
         except (OSError, RuntimeError, SafetensorError) as error:
+            raise CorruptMemoryError(f"cannot load adapter {path}: {error}; run `verify`") from None
+
+    def _load_weights(self, path: Path) -> None:
+        weights = self._read_weights(path)
+        try:
+            result = set_peft_model_state_dict(self._lm.model, weights)
+        except RuntimeError as error:
             raise CorruptMemoryError(f"cannot load adapter {path}: {error}; run `verify`") from None
         missing = [k for k in result.missing_keys if "lora_" in k]
         if missing:
@@ -378,11 +391,23 @@ class ParametricMemory:
         return chunks, items
 
     # --- reading ------------------------------------------------------------------------
-    def ask(self, question: str, *, max_new_tokens: int = 128) -> str:
+    def ask(
+        self, question: str, *, max_new_tokens: int = 128, shards_per_question: int | None = None
+    ) -> str:
         """Answer from the weights alone: the question is the whole prompt."""
-        return self.ask_batch([question], max_new_tokens=max_new_tokens)[0]
+        return self.ask_batch(
+            [question], max_new_tokens=max_new_tokens, shards_per_question=shards_per_question
+        )[0]
 
-    def ask_batch(self, questions: Sequence[str], *, max_new_tokens: int = 128) -> list[str]:
+    def ask_batch(
+        self,
+        questions: Sequence[str],
+        *,
+        max_new_tokens: int = 128,
+        shards_per_question: int | None = None,
+    ) -> list[str]:
+        """Answers from the weights alone, each question with the weights of its top shards
+        (`shards_per_question`; None: the memory's `RoutingConfig.shards_per_question`)."""
         check_max_new_tokens(max_new_tokens)
         if isinstance(questions, str):
             raise InvalidArgumentError(
@@ -391,18 +416,27 @@ class ParametricMemory:
             )
         for question in questions:
             _check_query(question, "question")
-        return self._generate_routed(list(questions), list(questions), max_new_tokens)
+        shards = self._shards_per_question(shards_per_question)
+        return self._generate_routed(list(questions), list(questions), max_new_tokens, shards)
 
-    def stream(self, question: str, *, max_new_tokens: int = 128) -> Iterator[str]:
+    def stream(
+        self, question: str, *, max_new_tokens: int = 128, shards_per_question: int | None = None
+    ) -> Iterator[str]:
         """Like `ask`, yielding text as it is generated. Other calls on this memory wait
         until the stream is exhausted or closed (`close()`, or leaving a `for` loop early)."""
         check_max_new_tokens(max_new_tokens)
         _check_query(question, "question")
-        return self._stream_routed(question, max_new_tokens)
+        shards = self._shards_per_question(shards_per_question)
+        return self._stream_routed(question, max_new_tokens, shards)
 
-    def _stream_routed(self, question: str, max_new_tokens: int) -> Iterator[str]:
+    def _stream_routed(self, question: str, max_new_tokens: int, shards: int) -> Iterator[str]:
         with self._model_lock:
             self._check_fits([question], max_new_tokens)
+            if shards > 1:
+                rows = self._following_commits(lambda: self._composed_rows([question], shards))
+                with RowAdapters(self._lm.model, rows).attached():
+                    yield from stream(self._lm, question, max_new_tokens)
+                return
             shard = self._following_commits(lambda: self._routed_and_loaded(question))
             with self._answering_with(shard):
                 yield from stream(self._lm, question, max_new_tokens)
@@ -445,18 +479,56 @@ class ParametricMemory:
             self._active_shard = None
 
     def _generate_routed(
-        self, prompts: list[str], routing_texts: list[str], max_new_tokens: int
+        self, prompts: list[str], routing_texts: list[str], max_new_tokens: int, shards: int = 1
     ) -> list[str]:
         """Greedy answers to `prompts`, each with the weights of the shard its routing text
-        is routed to; one batch per shard."""
+        is routed to (one batch per shard), or with the sum of its top `shards` shards'."""
+        answer = self._answers if shards == 1 else self._composed_answers
         with self._model_lock:  # the tokenizer is not shared with a running ingest
             self._check_fits(prompts, max_new_tokens)
             return self._following_commits(
-                lambda: self._answers(prompts, routing_texts, max_new_tokens)
+                lambda: answer(prompts, routing_texts, max_new_tokens, shards)
             )
 
+    def _shards_per_question(self, asked: int | None) -> int:
+        if asked is None:
+            return self._manifest.config.routing.shards_per_question
+        if isinstance(asked, bool) or not isinstance(asked, int) or not 1 <= asked <= 16:
+            raise InvalidArgumentError(
+                f"shards_per_question must be an integer from 1 to 16, got {asked!r}"
+            )
+        return asked
+
+    def _composed_answers(
+        self, prompts: list[str], routing_texts: list[str], max_new_tokens: int, shards: int
+    ) -> list[str]:
+        """Each prompt answered with the weighted sum of its top `shards` shards' updates,
+        rows of different shards in one batch (`RoutingConfig`)."""
+        adapters = self._composed_rows(routing_texts, shards)
+        texts = generate(self._lm, prompts, max_new_tokens, 16, adapters=adapters)
+        return [text.strip() for text in texts]
+
+    def _composed_rows(self, routing_texts: list[str], shards: int) -> list[WeightedAdapters]:
+        """Each routing text's top `shards` shards' saved weights, with their weights in its
+        sum (`RoutingConfig.weights`); a shard that holds nothing yet adds nothing."""
+        mode = self._manifest.config.routing.weights
+        ranked = self._router().ranked_shards(routing_texts, shards)
+        states: dict[int, dict | None] = {}
+        rows = []
+        for question in ranked:
+            row = []
+            for shard, weight in composition_weights(question, mode):
+                if shard not in states:
+                    path = store.shard_weights(self.root, self._manifest, shard)
+                    states[shard] = None if path is None else self._read_weights(path)
+                if states[shard] is not None:
+                    row.append((states[shard], weight))
+            rows.append(row)
+        self._ensure_adapter()
+        return rows
+
     def _answers(
-        self, prompts: list[str], routing_texts: list[str], max_new_tokens: int
+        self, prompts: list[str], routing_texts: list[str], max_new_tokens: int, _shards: int = 1
     ) -> list[str]:
         shards = self._router().shards_for(routing_texts)
         answers = [""] * len(prompts)

@@ -41,6 +41,19 @@ def _import_bm25s_without_jax() -> ModuleType:
 
 bm25s = _import_bm25s_without_jax()
 
+_CHUNKS_PER_SHARD_RANKED = 8
+"""Chunks retrieved per shard wanted: a shard of many chunks may fill several of the top
+places, so k shards are looked for among the best 8k chunks."""
+
+
+def composition_weights(ranked: Sequence[tuple[int, float]], mode: str) -> list[tuple[int, float]]:
+    """Each ranked shard's weight in a question's sum of updates (`RoutingConfig.weights`):
+    "equal", 1 each; "relative", its score over the best one's (the best gets 1)."""
+    top = ranked[0][1]
+    if mode == "equal" or top <= 0:
+        return [(shard, 1.0) for shard, _ in ranked]
+    return [(shard, score / top) for shard, score in ranked]
+
 
 class ShardRouter:
     """A BM25 index over chunks, each labelled with the shard and document it belongs to."""
@@ -65,6 +78,24 @@ class ShardRouter:
             self._shards[int(row[0])] if score[0] > 0 else self._fallback
             for row, score in zip(best, scores, strict=True)
         ]
+
+    def ranked_shards(self, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:
+        """Up to `k` shards per query, best first, each with the BM25 score of its
+        best-matching chunk; the newest shard alone (score 0) where no chunk shares a word
+        with the query."""
+        if self._index is None or len(set(self._shards)) <= 1:
+            only = self._shards[0] if self._shards else self._fallback
+            return [[(only, 1.0)] for _ in queries]
+        best, scores = self._top(queries, k=k * _CHUNKS_PER_SHARD_RANKED)
+        ranked = []
+        for row, row_scores in zip(best, scores, strict=True):
+            mine: dict[int, float] = {}
+            for index, score in zip(row, row_scores, strict=True):
+                shard = self._shards[int(index)]
+                if score > 0 and shard not in mine and len(mine) < k:
+                    mine[shard] = float(score)
+            ranked.append(list(mine.items()) or [(self._fallback, 0.0)])
+        return ranked
 
     def documents_for(self, text: str, limit: int) -> list[str]:
         """Held documents ranked by their best chunk's BM25 match with `text`."""

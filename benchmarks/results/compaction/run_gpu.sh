@@ -33,7 +33,7 @@ R=/root/res; mkdir -p $R
 cd benchmarks
 timeout -k 15 ${LIMIT:-540} python3 compaction.py --data /root/m/squad-dev.jsonl --n ${N:-1048} \
   --questions-per-doc ${Q:-1} --sizes ${SIZES:-32} --phases "$1" --config "${CONFIG:-{\}}" --compaction "${COMPACTION:-{\}}" \
-  --variants "${VARIANTS:-{\"\": {\}\}}" \
+  --variants "${VARIANTS:-{\"\": {\}\}}" --shards-per-question ${K:-1} \
   --memory /root/mem/${LABEL:-n1048} --out $R/${LABEL:-n1048} >> $R/${LABEL:-n1048}.log 2>&1
 echo "exit $?"
 grep -vE "it/s\]|Warning|warn" $R/${LABEL:-n1048}.log | tail -15 | cut -c1-250

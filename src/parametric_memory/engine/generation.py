@@ -20,6 +20,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStr
 from ..errors import GenerationTimeoutError
 from .fast_generation import greedy_generate, supports_fast_decode
 from .models import LoadedModel
+from .row_adapters import RowAdapters, WeightedAdapters
 
 _PLAIN_TEMPLATE = "Question: {user}\nAnswer:"
 _USER_SLOT = "\u2063USER-TURN\u2063"
@@ -85,9 +86,15 @@ def generate(
     max_new_tokens: int,
     batch_size: int,
     compile_decode: bool = False,
+    adapters: Sequence[WeightedAdapters] | None = None,
 ) -> list[str]:
     """Greedy answers to `users` (user-turn texts), in order, batched by similar length.
-    `compile_decode`: the fast decoder's step through `torch.compile` (CUDA)."""
+    `compile_decode`: the fast decoder's step through `torch.compile` (CUDA). `adapters`:
+    each user's own weighted sum of saved adapters (`row_adapters`) instead of the model's
+    adapter; such batches decode through `model.generate` (a captured graph would keep the
+    first batch's weights)."""
+    if adapters is not None and len(adapters) != len(users):
+        raise ValueError(f"{len(users)} users need as many adapter lists, got {len(adapters)}")
     tokenizer = lm.tokenizer
     encoded = encode_prompts(tokenizer, users)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
@@ -95,7 +102,11 @@ def generate(
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         prompts = [encoded[i] for i in batch]
-        texts = _generate_batch(lm, prompts, max_new_tokens, compile_decode)
+        if adapters is None:
+            texts = _generate_batch(lm, prompts, max_new_tokens, compile_decode)
+        else:
+            with RowAdapters(lm.model, [adapters[i] for i in batch]).attached():
+                texts = _generate_batch(lm, prompts, max_new_tokens, False, fast=False)
         for index, text in zip(batch, texts, strict=True):
             answers[index] = text
     return answers
@@ -103,7 +114,11 @@ def generate(
 
 @torch.inference_mode()
 def _generate_batch(
-    lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int, compile_decode: bool
+    lm: LoadedModel,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    compile_decode: bool,
+    fast: bool = True,
 ) -> list[str]:
     pad = lm.tokenizer.pad_token_id
     width = max(len(p) for p in prompts)
@@ -112,7 +127,7 @@ def _generate_batch(
         [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=lm.device
     )
     eos = lm.tokenizer.eos_token_id
-    if _use_fast_decode(lm):
+    if fast and _use_fast_decode(lm):
         output = greedy_generate(
             lm.model,
             input_ids,

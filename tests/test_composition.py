@@ -1,0 +1,198 @@
+"""Top-k composition: each row of a batch answered with its own weighted sum of shards'
+LoRA updates (`engine/row_adapters.py`), and the memory routing a question to several
+shards (`RoutingConfig`, `shards_per_question`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from parametric_memory import InvalidArgumentError, MemoryConfig, ParametricMemory
+from parametric_memory.engine.row_adapters import RowAdapters
+from parametric_memory.routing import ShardRouter, composition_weights
+
+MLP = ["gate_proj", "up_proj", "down_proj"]
+
+
+def peft_model():
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    base = LlamaForCausalLM(config).requires_grad_(False)
+    lora = LoraConfig(r=2, lora_alpha=32, target_modules=MLP, init_lora_weights=False)
+    return get_peft_model(base, lora).eval()
+
+
+def random_state(model, seed: int) -> dict[str, torch.Tensor]:
+    """A saved adapter of the model's shape with random weights (peft's saved keys)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = get_peft_model_state_dict(model)
+    return {key: torch.randn(t.shape, generator=generator) * 0.3 for key, t in state.items()}
+
+
+def logits_with(model, ids, state) -> torch.Tensor:
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, state)
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def merged_logits(model, ids, weighted) -> torch.Tensor:
+    """The base model with sum_i w_i * scaling * B_i A_i added to each adapted weight."""
+    with torch.no_grad(), model.disable_adapter():
+        saved = {}
+        for name, module in model.named_modules():
+            if not hasattr(module, "lora_A"):
+                continue
+            weight = module.get_base_layer().weight
+            saved[name] = weight.clone()
+            for state, w in weighted:
+                a, b = state[f"{name}.lora_A.weight"], state[f"{name}.lora_B.weight"]
+                weight += w * module.scaling["default"] * (b @ a)
+        logits = model(input_ids=ids).logits
+        for name, module in model.named_modules():
+            if name in saved:
+                module.get_base_layer().weight.copy_(saved[name])
+    return logits
+
+
+def test_each_row_computes_with_its_own_adapter():
+    model = peft_model()
+    first, second = random_state(model, 1), random_state(model, 2)
+    ids = torch.randint(0, 96, (2, 7))
+    expected = torch.stack(
+        [logits_with(model, ids[:1], first)[0], logits_with(model, ids[1:], second)[0]]
+    )
+    with RowAdapters(model, [[(first, 1.0)], [(second, 1.0)]]).attached(), torch.no_grad():
+        got = model(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_row_of_several_adapters_computes_their_weighted_sum():
+    model = peft_model()
+    first, second = random_state(model, 1), random_state(model, 2)
+    ids = torch.randint(0, 96, (1, 9))
+    weighted = [(first, 0.7), (second, 0.4)]
+    expected = merged_logits(model, ids, weighted)
+    with RowAdapters(model, [weighted]).attached(), torch.no_grad():
+        got = model(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_row_without_adapters_is_the_base_model_and_the_layers_come_back():
+    model = peft_model()
+    first = random_state(model, 1)
+    ids = torch.randint(0, 96, (2, 5))
+    with torch.no_grad(), model.disable_adapter():
+        base = model(input_ids=ids).logits
+    own = logits_with(model, ids, first)
+    with RowAdapters(model, [[], [(first, 1.0)]]).attached(), torch.no_grad():
+        got = model(input_ids=ids).logits
+    torch.testing.assert_close(got[0], base[0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[1], own[1], atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # detached: the model's own adapter again
+        torch.testing.assert_close(model(input_ids=ids).logits, own)
+
+
+def test_an_adapter_of_another_shape_is_refused():
+    model = peft_model()
+    state = random_state(model, 1)
+    state.pop(next(iter(state)))
+    with pytest.raises(KeyError, match="lacks"):
+        RowAdapters(model, [[(state, 1.0)]])
+
+
+def test_composition_weights_are_relative_to_the_best_score_or_equal():
+    ranked = [(4, 8.0), (1, 2.0)]
+    assert composition_weights(ranked, "relative") == [(4, 1.0), (1, 0.25)]
+    assert composition_weights(ranked, "equal") == [(4, 1.0), (1, 1.0)]
+    assert composition_weights([(3, 0.0)], "relative") == [(3, 1.0)]
+
+
+def _chunks(texts: dict[str, str]):
+    from parametric_memory.records import Chunk
+
+    return [
+        Chunk(id=f"{doc}-0", document_id=doc, index=0, text=text, tokens=len(text.split()))
+        for doc, text in texts.items()
+    ]
+
+
+def test_the_router_ranks_distinct_shards_best_first():
+    texts = {
+        "kelp": "Marrow Bay harvests violet kelp each October with copper rakes.",
+        "festival": "The Zorbian lantern festival is held every May in Orsk.",
+        "bridge": "The Tarrow Bridge spans the Kessel River; kelp boats pass under it.",
+    }
+    router = ShardRouter(_chunks(texts), {"kelp": 0, "festival": 1, "bridge": 2})
+    ranked = router.ranked_shards(["When is violet kelp harvested?", "Orsk festival"], 2)
+    assert [shard for shard, _ in ranked[0]] == [0, 2]
+    assert ranked[0][0][1] > ranked[0][1][1] > 0
+    assert [shard for shard, _ in ranked[1]] == [1]  # no other shard shares a word
+    assert router.ranked_shards(["zzz qqq"], 3) == [[(2, 0.0)]]  # the newest shard
+
+
+FACTS = {
+    "lanterns": "The Quillhaven lantern festival is held every May 14.",
+    "payroll": "Payroll at Brindlewick is run by Odo Brask from the Orsk Hollow office.",
+}
+
+
+@pytest.fixture
+def two_shards(tmp_path, tiny_config) -> ParametricMemory:
+    memory = ParametricMemory.create(tmp_path / "m", tiny_config)
+    memory.add_documents(list(FACTS.values()), ids=list(FACTS), progress=False)
+    return memory
+
+
+def test_one_shard_composed_answers_as_the_shard_alone(tmp_path, tiny_config):
+    memory = ParametricMemory.create(tmp_path / "m", tiny_config)
+    memory.add_documents([FACTS["lanterns"]], ids=["lanterns"], progress=False)
+    questions = ["When is the lantern festival?", "Who lit the first lantern?"]
+    alone = memory.ask_batch(questions, max_new_tokens=6)
+    composed = memory.ask_batch(questions, max_new_tokens=6, shards_per_question=3)
+    assert composed == alone
+
+
+def test_questions_draw_on_several_shards_in_one_batch(two_shards):
+    questions = ["Who runs payroll at the lantern festival office?", "When is the festival?"]
+    answers = two_shards.ask_batch(questions, max_new_tokens=6, shards_per_question=2)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    streamed = "".join(two_shards.stream(questions[0], max_new_tokens=6, shards_per_question=2))
+    assert streamed.strip() == answers[0]
+
+
+def test_the_memory_config_sets_the_default_shards_per_question(tmp_path, tiny_config):
+    config = tiny_config.model_copy(
+        update={"routing": tiny_config.routing.model_copy(update={"shards_per_question": 2})}
+    )
+    memory = ParametricMemory.create(tmp_path / "m", config)
+    memory.add_documents(list(FACTS.values()), ids=list(FACTS), progress=False)
+    question = ["Who runs payroll at the lantern festival office?"]
+    reopened = ParametricMemory.open(memory.root)
+    assert reopened.config.routing.shards_per_question == 2
+    assert reopened.ask_batch(question, max_new_tokens=6) == reopened.ask_batch(
+        question, max_new_tokens=6, shards_per_question=2
+    )
+
+
+@pytest.mark.parametrize("bad", [0, 17, True, "2", 1.5])
+def test_a_bad_shards_per_question_is_refused_in_one_line(two_shards, bad):
+    with pytest.raises(InvalidArgumentError, match="shards_per_question"):
+        two_shards.ask("When is the festival?", shards_per_question=bad)
+
+
+def test_routing_config_bounds():
+    with pytest.raises(ValueError):
+        MemoryConfig(routing={"shards_per_question": 0})
+    with pytest.raises(ValueError):
+        MemoryConfig(routing={"weights": "softmax"})
