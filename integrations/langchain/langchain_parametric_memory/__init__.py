@@ -9,6 +9,7 @@ from .chat_models import ChatParametricMemory
 from .indexes import ParametricMemoryIndex
 from .retrievers import ParametricMemoryRetriever
 from .tools import create_parametric_memory_tool
+from .vectorstores import ParametricMemoryVectorStore
 
 if TYPE_CHECKING:
     from .middleware import ParametricMemoryMiddleware
@@ -19,6 +20,7 @@ __all__ = [
     "ParametricMemoryIndex",
     "ParametricMemoryMiddleware",
     "ParametricMemoryRetriever",
+    "ParametricMemoryVectorStore",
     "__version__",
     "create_parametric_memory_tool",
 ]

@@ -13,9 +13,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from parametric_memory import ParametricMemory
+from parametric_memory import MemoryConfig, ParametricMemory
 
 from ._memory import (
     count_prompt_tokens,
@@ -23,7 +23,7 @@ from ._memory import (
     messages_to_question,
     model_lock,
     model_name,
-    resolve_memory,
+    open_memory_input,
     stream_answer,
 )
 
@@ -48,6 +48,8 @@ class ChatParametricMemory(BaseChatModel):
 
     memory: ParametricMemory
     """The memory, or the path of a memory folder (opened once per process)."""
+    memory_config: MemoryConfig | None = None
+    """With a folder that holds no memory yet: make one there with this config."""
     model_name: str | None = Field(default=None, alias="model")
     """Reported model name; defaults to the memory's base model."""
     max_tokens: int = Field(default=128, ge=1)
@@ -69,10 +71,10 @@ class ChatParametricMemory(BaseChatModel):
 
     model_config = ConfigDict(populate_by_name=True)
 
-    @field_validator("memory", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _open_memory(cls, value: Any) -> ParametricMemory:
-        return resolve_memory(value)
+    def _open_memory(cls, data: Any) -> Any:
+        return open_memory_input(data)
 
     @property
     def _llm_type(self) -> str:

@@ -13,13 +13,13 @@ from typing import Any
 
 from langchain_core.documents import Document
 from langchain_core.indexing.base import DeleteResponse, DocumentIndex, UpsertResponse
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from parametric_memory import DocumentNotFoundError, ParametricMemory
+from parametric_memory import DocumentNotFoundError, MemoryConfig, ParametricMemory
 from parametric_memory import store as memory_store
 from parametric_memory.documents import content_hash, validate_text
 
-from ._memory import METADATA_KEY, TEXT_KEY, model_lock, resolve_memory
+from ._memory import METADATA_KEY, TEXT_KEY, model_lock, open_memory_input
 from ._memory import decode_metadata as _decode
 from .retrievers import RecallRetrieval, fold_search_kwargs
 
@@ -46,6 +46,8 @@ class ParametricMemoryIndex(RecallRetrieval, DocumentIndex):
 
     memory: ParametricMemory
     """The memory, or the path of a memory folder (opened once per process)."""
+    memory_config: MemoryConfig | None = None
+    """With a folder that holds no memory yet: make one there with this config."""
     k: int = Field(default=1, ge=0, le=16)
     """Most documents returned per query when used as a retriever."""
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -62,12 +64,7 @@ class ParametricMemoryIndex(RecallRetrieval, DocumentIndex):
     @model_validator(mode="before")
     @classmethod
     def _search_kwargs(cls, data: Any) -> Any:
-        return fold_search_kwargs(data, cls.__name__)
-
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _open_memory(cls, value: Any) -> ParametricMemory:
-        return resolve_memory(value)
+        return open_memory_input(fold_search_kwargs(data, cls.__name__))
 
     # --- writing ------------------------------------------------------------------------
     def upsert(self, items: Sequence[Document], /, **kwargs: Any) -> UpsertResponse:
@@ -96,7 +93,7 @@ class ParametricMemoryIndex(RecallRetrieval, DocumentIndex):
             to_add: list[str] = []
             for doc_id, (_, digest, metadata) in planned.items():
                 record = held.get(doc_id)
-                if record and record.content_hash == digest and record.metadata == metadata:
+                if record and _unchanged(record, digest, metadata):
                     continue
                 if record:
                     to_delete[doc_id] = None
@@ -180,3 +177,15 @@ class ParametricMemoryIndex(RecallRetrieval, DocumentIndex):
             if chunk.document_id in ids:
                 pieces.setdefault(chunk.document_id, []).append((chunk.index, chunk.text))
         return {d: " ".join(text for _, text in sorted(p)) for d, p in pieces.items()}
+
+
+def _unchanged(record: memory_store.DocumentRecord, digest: str, metadata: dict[str, str]) -> bool:
+    """Whether a held document already is this text with this (encoded) metadata: as this
+    index stores it, or as string metadata that decodes the same (a document added with
+    `memory.add_documents` or `add_files`), which is then left alone rather than retrained."""
+    if record.content_hash != digest:
+        return False
+    if record.metadata == metadata:
+        return True
+    keeps_text = TEXT_KEY not in metadata or TEXT_KEY in record.metadata
+    return keeps_text and _decode(record.metadata) == _decode(metadata)

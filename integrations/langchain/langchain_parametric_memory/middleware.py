@@ -14,10 +14,10 @@ from typing import Any, Literal
 
 from langchain_core.messages import BaseMessage, SystemMessage
 
-from parametric_memory import IngestReport, ParametricMemory
+from parametric_memory import IngestReport, MemoryConfig, ParametricMemory
 from parametric_memory.integration import ConversationQueue
 
-from ._memory import clean_text, last_human_text, resolve_memory, transcript
+from ._memory import clean_text, last_human_text, open_memory, transcript
 from .tools import create_parametric_memory_tool
 
 try:
@@ -57,6 +57,8 @@ class ParametricMemoryMiddleware(AgentMiddleware):
       every run instead.
     - `with_tool=True` also gives the agent a `recall_memory` tool
       (`create_parametric_memory_tool`) to recall other topics on demand.
+    - `memory` is a `ParametricMemory` or a folder; with `memory_config`, a folder that holds
+      no memory yet becomes a new memory made with that config.
 
     ```python
     memory_middleware = ParametricMemoryMiddleware("my-memory")
@@ -70,6 +72,7 @@ class ParametricMemoryMiddleware(AgentMiddleware):
         self,
         memory: ParametricMemory | str,
         *,
+        memory_config: MemoryConfig | None = None,
         recall: bool = True,
         consolidate: Literal["flush", "after_agent", "never"] = "flush",
         max_new_tokens: int = 192,
@@ -88,7 +91,7 @@ class ParametricMemoryMiddleware(AgentMiddleware):
             raise ValueError(
                 f"consolidate must be 'flush', 'after_agent' or 'never', got {consolidate!r}"
             )
-        self.memory = resolve_memory(memory)
+        self.memory = open_memory(memory, memory_config)
         self.recall = recall
         self.consolidate = consolidate
         self.max_new_tokens = max_new_tokens

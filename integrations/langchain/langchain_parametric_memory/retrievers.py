@@ -12,11 +12,11 @@ from langchain_core.callbacks import (
 )
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from parametric_memory import ParametricMemory
+from parametric_memory import MemoryConfig, ParametricMemory
 
-from ._memory import decode_metadata, passage_metadata, recall_passages, resolve_memory
+from ._memory import decode_metadata, open_memory_input, passage_metadata, recall_passages
 
 SEARCH_KWARGS = ("k",)
 """The keys `search_kwargs` (of the constructor or of `invoke`) may hold."""
@@ -115,6 +115,7 @@ class ParametricMemoryRetriever(RecallRetrieval, BaseRetriever):
 
     ```python
     retriever = ParametricMemoryRetriever(memory="my-memory", k=1)
+    # or, to start a new memory there: memory_config=MemoryConfig(...)
     docs = retriever.invoke("When is the Quillhaven festival?")
     docs[0].metadata  # {"source": "festival.txt", ..., "memory": ..., "document_ids": [...],
                       #  "recalled": True, "recall_kind": "recall", "recall_prompt": ...}
@@ -123,6 +124,8 @@ class ParametricMemoryRetriever(RecallRetrieval, BaseRetriever):
 
     memory: ParametricMemory
     """The memory, or the path of a memory folder (opened once per process)."""
+    memory_config: MemoryConfig | None = None
+    """With a folder that holds no memory yet: make one there with this config."""
     k: int = Field(default=1, ge=0, le=16)
     """Most documents returned per query (one generation each)."""
     search_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -135,12 +138,7 @@ class ParametricMemoryRetriever(RecallRetrieval, BaseRetriever):
     @model_validator(mode="before")
     @classmethod
     def _search_kwargs(cls, data: Any) -> Any:
-        return fold_search_kwargs(data, cls.__name__)
-
-    @field_validator("memory", mode="before")
-    @classmethod
-    def _open_memory(cls, value: Any) -> ParametricMemory:
-        return resolve_memory(value)
+        return open_memory_input(fold_search_kwargs(data, cls.__name__))
 
 
 def recall_documents(
