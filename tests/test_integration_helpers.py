@@ -115,3 +115,19 @@ def test_aiterate_yields_every_item_in_order() -> None:
         return [item async for item in aiterate(iter(range(5)))]
 
     assert asyncio.run(collect()) == [0, 1, 2, 3, 4]
+
+
+def test_resolve_memory_makes_a_memory_once_and_refuses_another_config(tmp_path, tiny_config):
+    from parametric_memory import InvalidArgumentError, MemoryNotFoundError
+    from parametric_memory.integration import resolve_memory
+
+    folder = tmp_path / "made"
+    with pytest.raises(MemoryNotFoundError):
+        resolve_memory(folder)  # opening alone makes nothing
+    made = resolve_memory(folder, tiny_config)
+    assert (folder / "manifest.json").exists()
+    assert resolve_memory(str(folder)) is made  # shared: one model per folder and process
+    assert resolve_memory(folder, tiny_config, create=True) is made
+    other = tiny_config.model_copy(update={"seed": 7})
+    with pytest.raises(InvalidArgumentError, match="another MemoryConfig"):
+        resolve_memory(folder, other)

@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from weakref import WeakKeyDictionary
 
+from .config import MemoryConfig
 from .engine.models import DEFAULT_MODEL_NAME
+from .errors import InvalidArgumentError
 from .memory import IngestReport, ParametricMemory
 from .method.prompts import FOLLOW_UP_PROMPTS
+from .store import MANIFEST_FILE
 
 _OPENED: dict[Path, ParametricMemory] = {}
 _OPEN_LOCK = threading.Lock()
@@ -37,21 +40,46 @@ Turn = tuple[str, str]
 """(role, text) of one chat message; role is one of `Role`."""
 
 
-def resolve_memory(value: Any) -> ParametricMemory:
+def resolve_memory(
+    value: Any, config: MemoryConfig | None = None, *, create: bool = False
+) -> ParametricMemory:
     """A `ParametricMemory` as is, or a path to open. A path is opened once per process
-    (and per resolved folder), so several components share one model in RAM."""
+    (and per resolved folder), so several components share one model in RAM. A folder that
+    holds no memory yet becomes a new one (`ParametricMemory.create`) when `config` is given
+    or `create` is set (then with `MemoryConfig()`). `config` is for a new memory: an
+    existing memory made with another config (its device aside) is refused rather than
+    silently kept."""
     if isinstance(value, ParametricMemory):
-        return value
-    if isinstance(value, (str, os.PathLike)):
-        root = Path(value).expanduser().resolve()
-        with _OPEN_LOCK:
-            if root not in _OPENED:
+        memory = value
+    elif isinstance(value, (str, os.PathLike)):
+        memory = _opened(Path(value).expanduser().resolve(), config, create)
+    else:
+        raise TypeError(
+            f"memory must be a ParametricMemory or the path of a memory folder, got "
+            f"{type(value).__name__}"
+        )
+    if config is not None:
+        _check_config(memory, config)
+    return memory
+
+
+def _opened(root: Path, config: MemoryConfig | None, create: bool) -> ParametricMemory:
+    with _OPEN_LOCK:
+        if root not in _OPENED:
+            if (create or config is not None) and not (root / MANIFEST_FILE).exists():
+                _OPENED[root] = ParametricMemory.create(root, config or MemoryConfig())
+            else:
                 _OPENED[root] = ParametricMemory.open(root)
-            return _OPENED[root]
-    raise TypeError(
-        f"memory must be a ParametricMemory or the path of a memory folder, got "
-        f"{type(value).__name__}"
-    )
+        return _OPENED[root]
+
+
+def _check_config(memory: ParametricMemory, config: MemoryConfig) -> None:
+    ignored = {"device"}
+    if config.model_dump(exclude=ignored) != memory.config.model_dump(exclude=ignored):
+        raise InvalidArgumentError(
+            f"{memory.root} holds a memory made with another MemoryConfig: the config applies "
+            "to a new memory; leave it out to use this one, or give a new folder"
+        )
 
 
 def model_name(memory: ParametricMemory) -> str:

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from langchain_core.messages import BaseMessage
 
-from parametric_memory import InvalidArgumentError, MemoryConfig, ParametricMemory, integration
+from parametric_memory import MemoryConfig, ParametricMemory, integration
 from parametric_memory.integration import (  # noqa: F401  (re-exported to the package)
     FOLLOW_UP_PROMPTS,
     Passage,
@@ -29,7 +26,6 @@ from parametric_memory.integration import (  # noqa: F401  (re-exported to the p
     resolve_memory,
     stream_answer,
 )
-from parametric_memory.store import MANIFEST_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -39,44 +35,13 @@ JSON, so values keep their types (the memory itself stores strings)."""
 TEXT_KEY = "langchain_page_content"
 """Key of the exact page content, kept only when `ParametricMemoryIndex(store_text=True)`."""
 
-_CREATED: dict[Path, ParametricMemory] = {}
-"""Memories this package created, by folder: kept open for the process, as `resolve_memory`
-keeps the folders it opens (it opens existing memories only)."""
-_CREATE_LOCK = threading.Lock()
-
 
 def open_memory(value: Any, config: Any = None, *, create: bool = False) -> ParametricMemory:
-    """`resolve_memory(value)`; but a folder that holds no memory yet becomes a new one
-    (`ParametricMemory.create`) when `config` (a `MemoryConfig`) is given or `create` is set
-    (then with `MemoryConfig()`). `config` is for a new memory: an existing memory made with
-    another config (its device aside) is refused rather than silently kept."""
+    """`resolve_memory`, taking `config` as a `MemoryConfig` or its fields (a dict): a
+    folder without a memory becomes a new one when `config` is given or `create` is set;
+    an existing memory made with another config is refused."""
     memory_config = None if config is None else MemoryConfig.model_validate(config)
-    memory = _open_or_create(value, memory_config, create or memory_config is not None)
-    if memory_config is not None:
-        _check_config(memory, memory_config)
-    return memory
-
-
-def _open_or_create(value: Any, config: MemoryConfig | None, create: bool) -> ParametricMemory:
-    if not isinstance(value, (str, os.PathLike)):
-        return resolve_memory(value)
-    root = Path(value).expanduser().resolve()
-    with _CREATE_LOCK:
-        if root in _CREATED:
-            return _CREATED[root]
-        if not create or (root / MANIFEST_FILE).exists():
-            return resolve_memory(root)
-        _CREATED[root] = ParametricMemory.create(root, config or MemoryConfig())
-        return _CREATED[root]
-
-
-def _check_config(memory: ParametricMemory, config: MemoryConfig) -> None:
-    ignored = {"device"}
-    if config.model_dump(exclude=ignored) != memory.config.model_dump(exclude=ignored):
-        raise InvalidArgumentError(
-            f"{memory.root} holds a memory made with another MemoryConfig: memory_config "
-            "applies to a new memory; leave it out to use this one, or give a new folder"
-        )
+    return resolve_memory(value, memory_config, create=create)
 
 
 def open_memory_input(data: Any) -> Any:

@@ -35,7 +35,7 @@ from llama_index.llms.parametric_memory import ParametricMemoryLLM
 from llama_index.query_engine.parametric_memory import ParametricMemoryQueryEngine
 from llama_index.retrievers.parametric_memory import ParametricMemoryRetriever
 
-from parametric_memory import MemoryConfig, MemoryNotFoundError, ParametricMemory
+from parametric_memory import MemoryConfig, ParametricMemory
 from parametric_memory.integration import resolve_memory
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class ParametricMemoryIndex(BaseManagedIndex):
         if memory_path is None:
             raise TypeError("ParametricMemoryIndex.from_documents needs memory_path= (a folder)")
         index = cls(
-            open_or_create(memory_path, config),
+            resolve_memory(memory_path, config, create=True),
             transformations=transformations,
             storage_context=storage_context,
             callback_manager=callback_manager,
@@ -285,21 +285,6 @@ class ParametricMemoryIndex(BaseManagedIndex):
 
     def _resolve(self, llm: LLMType) -> LLM:
         return resolve_llm(llm, callback_manager=self._callback_manager)
-
-
-def open_or_create(
-    path: str | os.PathLike[str], config: MemoryConfig | None = None
-) -> ParametricMemory:
-    """The memory at `path` (opened once per process, shared), or a new one made there with
-    `config` (default: `MemoryConfig()`) when the folder holds none. An existing memory
-    keeps the config it was made with; a different `config` is logged."""
-    try:
-        memory = resolve_memory(path)
-    except MemoryNotFoundError:
-        return ParametricMemory.create(path, config)
-    if config is not None and config != memory.config:
-        logger.warning("%s holds a memory made with another config; it keeps its own", path)
-    return memory
 
 
 def _held_hash(held: dict[str, Any], doc_id: str) -> str | None:
