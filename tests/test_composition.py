@@ -103,6 +103,13 @@ def test_a_row_without_adapters_is_the_base_model_and_the_layers_come_back():
         torch.testing.assert_close(model(input_ids=ids).logits, own)
 
 
+def test_row_adapters_do_not_stack_on_another_override():
+    model = peft_model()
+    rows = RowAdapters(model, [[(random_state(model, 1), 1.0)]])
+    with rows.attached(), pytest.raises(RuntimeError, match="another forward"), rows.attached():
+        pass
+
+
 def test_an_adapter_of_another_shape_is_refused():
     model = peft_model()
     state = random_state(model, 1)

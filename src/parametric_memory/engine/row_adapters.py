@@ -47,6 +47,8 @@ class RowAdapters:
     def attached(self) -> Iterator[None]:
         """Inside, each adapted layer computes its base output plus each row's sum (the
         layer's own adapter is not used); outside, the layers are as before."""
+        if any("forward" in vars(layer) for layer in self._layers):
+            raise RuntimeError("the LoRA layers already compute with another forward")
         for layer, (a, b) in zip(self._layers, self._views, strict=True):
             layer.forward = _row_forward(layer, a, b)
         try:
