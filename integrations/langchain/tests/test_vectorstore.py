@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from collections.abc import Generator
 
 import pytest
 from langchain_core.documents import Document
@@ -18,7 +17,6 @@ from langchain_parametric_memory import (
     ParametricMemoryVectorStore,
 )
 from langchain_parametric_memory import vectorstores as vectorstores_module
-from langchain_tests.integration_tests import VectorStoreIntegrationTests
 from lc_tiny import FACTS, new_memory, scratch_dir, shared_memory, tiny_config
 
 from parametric_memory import MemoryConfig, MemoryNotFoundError, Recollection
@@ -209,70 +207,3 @@ def test_retriever_chat_and_index_create_a_memory_from_a_memory_config():
     index = ParametricMemoryIndex(memory=folder, memory_config=tiny_config())
     store = ParametricMemoryVectorStore(folder)
     assert chat.memory is retriever.memory is index.memory is store.memory  # one model in RAM
-
-
-# --- LangChain's standard suite ---------------------------------------------------------
-RECALLS_NOT_RANKS = (
-    "similarity_search returns text the memory writes out from its weights, not the stored "
-    "documents ranked by embedding similarity"
-)
-
-
-class TestParametricMemoryVectorStoreStandard(VectorStoreIntegrationTests):
-    """`VectorStoreIntegrationTests` (langchain-tests 1.1.9) on the tiny model.
-
-    Writes, deletes, `get_by_ids` and searching an empty store are tested as the suite has
-    them. Expected to fail (strict `xfail`: the suite refuses skipped overrides): the tests
-    asserting that `similarity_search` returns the *stored* documents ranked by embedding
-    similarity (`test_add_documents`, the two deleting tests,
-    `test_add_documents_with_ids_is_idempotent`, `test_add_documents_by_id_with_mutation`,
-    and their async twins). A memory has no embeddings and stores no passages to rank: its
-    search results are text the model writes out about the query (with the metadata of the
-    held document that text matches best), which no fixed expected list can equal. What
-    these tests check about writes is covered above and by the suite's `get_by_ids` tests."""
-
-    @pytest.fixture
-    def vectorstore(self) -> Generator[VectorStore, None, None]:  # type: ignore[override]
-        yield ParametricMemoryVectorStore(new_memory(), max_new_tokens=8)
-
-    @pytest.mark.xfail(reason=RECALLS_NOT_RANKS, strict=True)
-    def test_add_documents(self, vectorstore: VectorStore) -> None:
-        super().test_add_documents(vectorstore)
-
-    @pytest.mark.xfail(reason=RECALLS_NOT_RANKS, strict=True)
-    def test_deleting_documents(self, vectorstore: VectorStore) -> None:
-        super().test_deleting_documents(vectorstore)
-
-    @pytest.mark.xfail(reason=RECALLS_NOT_RANKS, strict=True)
-    def test_deleting_bulk_documents(self, vectorstore: VectorStore) -> None:
-        super().test_deleting_bulk_documents(vectorstore)
-
-    @pytest.mark.xfail(reason=RECALLS_NOT_RANKS, strict=True)
-    def test_add_documents_with_ids_is_idempotent(self, vectorstore: VectorStore) -> None:
-        super().test_add_documents_with_ids_is_idempotent(vectorstore)
-
-    @pytest.mark.xfail(reason=RECALLS_NOT_RANKS, strict=True)
-    def test_add_documents_by_id_with_mutation(self, vectorstore: VectorStore) -> None:
-        super().test_add_documents_by_id_with_mutation(vectorstore)
-
-    @pytest.mark.xfail(reason=RECALLS_NOT_RANKS, strict=True)
-    async def test_add_documents_async(self, vectorstore: VectorStore) -> None:
-        await super().test_add_documents_async(vectorstore)
-
-    @pytest.mark.xfail(reason=RECALLS_NOT_RANKS, strict=True)
-    async def test_deleting_documents_async(self, vectorstore: VectorStore) -> None:
-        await super().test_deleting_documents_async(vectorstore)
-
-    @pytest.mark.xfail(reason=RECALLS_NOT_RANKS, strict=True)
-    async def test_deleting_bulk_documents_async(self, vectorstore: VectorStore) -> None:
-        await super().test_deleting_bulk_documents_async(vectorstore)
-
-    @pytest.mark.xfail(reason=RECALLS_NOT_RANKS, strict=True)
-    async def test_add_documents_with_ids_is_idempotent_async(
-        self, vectorstore: VectorStore
-    ) -> None:
-        await super().test_add_documents_with_ids_is_idempotent_async(vectorstore)
-
-    @pytest.mark.xfail(reason=RECALLS_NOT_RANKS, strict=True)
-    async def test_add_documents_by_id_with_mutation_async(self, vectorstore: VectorStore) -> None:
-        await super().test_add_documents_by_id_with_mutation_async(vectorstore)
