@@ -1,11 +1,13 @@
-"""A LangChain RAG chain with the vector store swapped for a parametric memory.
+"""A LangChain RAG chain whose vector store is a parametric memory: one line changed.
 
-The usual chain is `{"context": vectorstore.as_retriever() | format_docs, ...} | prompt | llm`.
-Here the retriever is `ParametricMemoryRetriever`: its documents are what the memory
-recalls from its weights, so no passages or embeddings are stored anywhere.
+The documents are trained into a LoRA adapter of a local model instead of being embedded;
+the retriever returns what the memory recalls from its weights, and the chain's LLM is the
+memory's own chat model, so everything runs offline. Run it again with the same `--memory`
+and nothing is retrained: the memory already holds the document.
 
-    python examples/langchain_rag.py                       # real default model (1-3 min, CPU)
-    python examples/langchain_rag.py --model PATH --fast   # any local model, tiny settings
+    python examples/langchain_rag.py                        # default model (1-3 min, CPU)
+    python examples/langchain_rag.py --memory my-memory     # keep the memory, re-run: no training
+    python examples/langchain_rag.py --model PATH --fast    # any local model, tiny settings
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from operator import itemgetter
 from pathlib import Path
 
+from langchain_core.documents import Document
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
-from langchain_core.runnables import RunnablePassthrough
-from langchain_parametric_memory import ChatParametricMemory, ParametricMemoryRetriever
+from langchain_core.runnables import RunnableLambda, RunnableParallel, RunnablePassthrough
+from langchain_parametric_memory import ChatParametricMemory, ParametricMemoryVectorStore
 
-from parametric_memory import MemoryConfig, ParametricMemory
+from parametric_memory import MemoryConfig
 
 DOCUMENT = (
     "The Quillhaven lantern festival is held every year on May 14. "
@@ -37,26 +41,25 @@ def main() -> None:
     parser.add_argument("--memory", type=Path, help="memory folder (default: a temp folder)")
     parser.add_argument("--question", default=QUESTION)
     args = parser.parse_args()
+    args.memory = args.memory or Path(tempfile.mkdtemp(prefix="langchain-rag-")) / "memory"
+    tiny = {"elicitation": {"max_answer_tokens": 8}, "consolidation": {"epochs": 1}}
+    config = MemoryConfig(model=args.model, **(tiny if args.fast else {}))
 
-    folder = args.memory or Path(tempfile.mkdtemp(prefix="langchain-rag-")) / "memory"
-    config = MemoryConfig(model=args.model)
-    if args.fast:
-        config = MemoryConfig(
-            model=args.model,
-            elicitation={"max_answer_tokens": 8},
-            consolidation={"epochs": 1},
-        )
-    memory = ParametricMemory.create(folder, config, exist_ok=True)
+    docs = [Document(id="festival", page_content=DOCUMENT, metadata={"source": "festival.txt"})]
     started = time.perf_counter()
-    report = memory.add_documents([DOCUMENT], ids=["festival"], progress=not args.fast)
+    # vectorstore = InMemoryVectorStore.from_documents(docs, embedding=OpenAIEmbeddings())
+    vectorstore = ParametricMemoryVectorStore.from_documents(
+        docs, memory_path=args.memory, memory_config=config
+    )
+    info = vectorstore.memory.info()
     print(
-        f"consolidated {report.added or 'nothing new'} into {folder} "
+        f"memory {args.memory}: {info.documents} document(s), last trained {info.updated_at} "
         f"({time.perf_counter() - started:.1f}s)"
     )
 
-    # The swap: where a RAG chain has `vectorstore.as_retriever()`, use the memory.
-    retriever = ParametricMemoryRetriever(memory=memory, k=1, max_new_tokens=96)
-    llm = ChatParametricMemory(memory=memory, max_tokens=64)
+    # From here on, the usual RAG chain. Any chat model works; the memory's own runs offline.
+    retriever = vectorstore.as_retriever(search_kwargs={"k": 1})
+    llm = ChatParametricMemory(memory=vectorstore.memory, max_tokens=64)
     prompt = ChatPromptTemplate.from_messages(
         [
             ("system", "Answer the question using this context:\n{context}"),
@@ -64,21 +67,24 @@ def main() -> None:
         ]
     )
 
-    def format_docs(docs) -> str:
+    def format_docs(docs: list[Document]) -> str:
         return "\n\n".join(doc.page_content for doc in docs)
 
-    chain = (
-        {"context": retriever | format_docs, "question": RunnablePassthrough()}
+    answer = (
+        {
+            "context": itemgetter("docs") | RunnableLambda(format_docs),
+            "question": itemgetter("question"),
+        }
         | prompt
         | llm
         | StrOutputParser()
     )
-    docs = retriever.invoke(args.question)
-    print(f"retrieved (recalled) context: {docs[0].page_content if docs else '(nothing)'!r}")
-    print(f"  metadata: {docs[0].metadata if docs else {}}")
+    # the usual "RAG with sources": the retrieved documents travel beside the answer
+    chain = RunnableParallel(docs=retriever, question=RunnablePassthrough()).assign(answer=answer)
+    result = chain.invoke(args.question)
     print(f"question: {args.question}")
-    print(f"RAG chain answer: {chain.invoke(args.question)!r}")
-    print(f"answer from the weights alone: {llm.invoke(args.question).content!r}")
+    print(f"answer: {result['answer']!r}")
+    print(f"sources: {sorted({doc.metadata.get('source', '?') for doc in result['docs']})}")
 
 
 if __name__ == "__main__":

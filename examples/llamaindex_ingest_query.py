@@ -1,12 +1,13 @@
-"""LlamaIndex: SimpleDirectoryReader -> IngestionPipeline([SentenceSplitter, memory]) ->
-query engine, with the vector index replaced by a parametric memory.
+"""LlamaIndex's starter program with the vector index swapped for a parametric memory.
 
-`ParametricMemoryTransform` is the pipeline's last step: it consolidates the nodes into
-the memory's adapter. `ParametricMemoryQueryEngine` then answers from the weights alone
-(no source nodes), and `ParametricMemoryRetriever` shows what the memory recalls.
+`ParametricMemoryIndex.from_documents` trains the documents into a LoRA adapter of a local
+model (no embeddings, no stored nodes); the query engine answers from those weights, and
+the retriever shows what the memory recalls. Run it again with the same `--memory` and
+nothing is retrained: the memory already holds the document, in the same version.
 
-    python examples/llamaindex_ingest_query.py                       # real default model
-    python examples/llamaindex_ingest_query.py --model PATH --fast   # tiny settings (tests)
+    python examples/llamaindex_ingest_query.py                      # default model (CPU: minutes)
+    python examples/llamaindex_ingest_query.py --memory my-memory   # keep it, re-run: no training
+    python examples/llamaindex_ingest_query.py --model PATH --fast  # tiny settings (tests)
 """
 
 from __future__ import annotations
@@ -16,21 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from llama_index.core import SimpleDirectoryReader
-from llama_index.core.ingestion import IngestionPipeline
-from llama_index.core.node_parser import SentenceSplitter
-from llama_index.ingestion.parametric_memory import ParametricMemoryTransform
-from llama_index.query_engine.parametric_memory import ParametricMemoryQueryEngine
-from llama_index.retrievers.parametric_memory import ParametricMemoryRetriever
+from llama_index.core import Document
+from llama_index.indices.managed.parametric_memory import ParametricMemoryIndex
 
-from parametric_memory import MemoryConfig, ParametricMemory
+from parametric_memory import MemoryConfig
 
-DOCUMENTS = {
-    "brindlewick.txt": (
-        "Brindlewick is a river town with 27 bridges. "
-        "Its oldest bridge, the Copper Span, opened in 1790."
-    ),
-}
+TEXT = (
+    "Brindlewick is a river town with 27 bridges. "
+    "Its oldest bridge, the Copper Span, opened in 1790."
+)
 QUESTION = "How many bridges does Brindlewick have?"
 
 
@@ -41,53 +36,29 @@ def main() -> None:
     parser.add_argument("--memory", type=Path, help="memory folder (default: a temp folder)")
     parser.add_argument("--question", default=QUESTION)
     args = parser.parse_args()
+    args.memory = args.memory or Path(tempfile.mkdtemp(prefix="llamaindex-")) / "memory"
+    tiny = {"elicitation": {"max_answer_tokens": 8}, "consolidation": {"epochs": 1}}
+    config = MemoryConfig(model=args.model, **(tiny if args.fast else {}))
 
-    work = Path(tempfile.mkdtemp(prefix="llamaindex-ingest-"))
-    (work / "docs").mkdir()
-    for name, text in DOCUMENTS.items():
-        (work / "docs" / name).write_text(text + "\n", encoding="utf-8")
-    folder = args.memory or work / "memory"
-    config = MemoryConfig(model=args.model)
-    if args.fast:
-        config = MemoryConfig(
-            model=args.model,
-            elicitation={"max_answer_tokens": 8},
-            consolidation={"epochs": 1},
-        )
-    memory = ParametricMemory.create(folder, config, exist_ok=True)
-
-    documents = SimpleDirectoryReader(str(work / "docs")).load_data()
-    pipeline = IngestionPipeline(
-        transformations=[
-            SentenceSplitter(chunk_size=256, chunk_overlap=0),
-            ParametricMemoryTransform(memory=memory, progress=not args.fast),
-        ]
-    )
+    # or SimpleDirectoryReader("data", filename_as_id=True).load_data(): stable ids, so a
+    # re-run finds the documents already held
+    documents = [Document(text=TEXT, id_="brindlewick", metadata={"file_name": "brindlewick.txt"})]
     started = time.perf_counter()
-    nodes = pipeline.run(documents=documents)
+    # index = VectorStoreIndex.from_documents(documents)
+    index = ParametricMemoryIndex.from_documents(documents, memory_path=args.memory, config=config)
+    info = index.memory.info()
     print(
-        f"read {len(documents)} file(s), split into {len(nodes)} node(s), consolidated into "
-        f"{folder}: {memory.info().documents} document(s) held "
+        f"memory {args.memory}: {info.documents} document(s), last trained {info.updated_at} "
         f"({time.perf_counter() - started:.1f}s)"
     )
 
-    retriever = ParametricMemoryRetriever(memory, similarity_top_k=1, max_new_tokens=96)
-    for hit in retriever.retrieve(args.question):
-        print(f"recalled node (score {hit.score}): {hit.node.get_content()!r}")
-
-    engine = ParametricMemoryQueryEngine(memory=memory, max_new_tokens=64)
-    response = engine.query(args.question)
+    hits = index.as_retriever(similarity_top_k=1).retrieve(args.question)
+    for hit in hits:
+        print(f"recalled: {hit.node.get_content()!r}")
+    response = index.as_query_engine().query(args.question)
     print(f"question: {args.question}")
-    print(
-        f"answer from the weights: {response.response!r} "
-        f"(source nodes: {len(response.source_nodes)})"
-    )
-
-    streaming = ParametricMemoryQueryEngine(memory=memory, max_new_tokens=64, streaming=True)
-    print("streamed: ", end="", flush=True)
-    for piece in streaming.query(args.question).response_gen:
-        print(piece, end="", flush=True)
-    print()
+    print(f"answer: {str(response)!r}")
+    print(f"sources: {sorted({hit.node.metadata.get('file_name', '?') for hit in hits})}")
 
 
 if __name__ == "__main__":

@@ -244,3 +244,19 @@ def test_a_document_longer_than_one_transformation_replays_its_own_chunks(tmp_pa
     report = memory.add_documents([long], ids=["long"], progress=False)
     assert memory.documents["long"].chunks > 1 and report.transfer_items > 0
     assert verify_memory(memory.root) == []
+
+
+def test_recall_cites_the_documents_that_wrote_it_even_when_its_words_match_none(
+    tmp_path, tiny_config
+):
+    """A RAG chain cites the recalled text's sources: the held documents its words match,
+    or, where they match none (a small model's recall may share no word with what it
+    holds), the documents the query was routed to."""
+    memory = ParametricMemory.create(tmp_path / "m", tiny_config)
+    memory.add_documents(
+        ["The Quillhaven lantern festival is held every May 14.", "Odo Brask runs payroll."],
+        ids=["festival", "payroll"],
+        progress=False,
+    )
+    recollection = memory.recall("When is the Quillhaven lantern festival?", max_new_tokens=4)
+    assert recollection.document_ids[0] == "festival"

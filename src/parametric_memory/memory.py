@@ -73,7 +73,8 @@ class Recollection:
     query: str
     text: str
     document_ids: list[str]
-    """Held documents whose words the recalled text matches best (BM25, best first)."""
+    """Held documents whose words the recalled text matches best (BM25, best first); where
+    it matches none, those the query matches best (whose weights wrote the text)."""
 
 
 class ParametricMemory:
@@ -577,7 +578,10 @@ class ParametricMemory:
         _check_query(query, "query")
         prompt = RECALL_TEMPLATE.format(query=query.strip().rstrip("?.!"))
         text = self._generate_routed([prompt], [query], max_new_tokens)[0]
-        return Recollection(query, text, self._router().documents_for(text, limit=3))
+        router = self._router()
+        # where the text matches no held words, the documents whose weights wrote it
+        sources = router.documents_for(text, limit=3) or router.documents_for(query, limit=3)
+        return Recollection(query, text, sources)
 
     @property
     def model(self) -> LoadedModel:
