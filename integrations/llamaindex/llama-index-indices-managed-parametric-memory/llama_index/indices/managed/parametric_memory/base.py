@@ -29,8 +29,7 @@ from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import BaseNode, Document, TransformComponent
 from llama_index.core.storage.docstore.types import RefDocInfo
 from llama_index.core.storage.storage_context import StorageContext
-from llama_index.ingestion.parametric_memory import ParametricMemoryTransform
-from llama_index.ingestion.parametric_memory.base import REF_DOC_HASH
+from llama_index.ingestion.parametric_memory import REF_DOC_HASH, ParametricMemoryTransform
 from llama_index.llms.parametric_memory import ParametricMemoryLLM
 from llama_index.query_engine.parametric_memory import ParametricMemoryQueryEngine
 from llama_index.retrievers.parametric_memory import ParametricMemoryRetriever
