@@ -203,3 +203,35 @@ def test_routing_config_bounds():
         MemoryConfig(routing={"shards_per_question": 0})
     with pytest.raises(ValueError):
         MemoryConfig(routing={"weights": "softmax"})
+
+
+def test_held_weights_stay_within_their_byte_budget_least_recently_used_out(tmp_path):
+    from parametric_memory.weights_cache import WeightsCache
+
+    def weights() -> dict[str, torch.Tensor]:
+        return {"a": torch.zeros(25)}  # 100 bytes
+
+    cache = WeightsCache(budget=250)
+    first, second, third = tmp_path / "1", tmp_path / "2", tmp_path / "3"
+    cache.put(first, weights())
+    cache.put(second, weights())
+    assert cache.get(first) is not None  # first is now the most recently used
+    cache.put(third, weights())  # 300 bytes: the least recently used goes
+    assert cache.get(second) is None
+    assert cache.get(first) is not None and cache.get(third) is not None
+
+
+def test_composed_answers_read_each_shard_file_once(two_shards, monkeypatch):
+    reads = []
+    read = ParametricMemory._read_weights
+
+    def counted(path):
+        reads.append(path)
+        return read(path)
+
+    monkeypatch.setattr(ParametricMemory, "_read_weights", staticmethod(counted))
+    questions = ["Who runs payroll at the lantern festival office?", "When is the festival?"]
+    first = two_shards.ask_batch(questions, max_new_tokens=4, shards_per_question=2)
+    again = two_shards.ask_batch(questions, max_new_tokens=4, shards_per_question=2)
+    assert first == again
+    assert len(reads) == len(set(reads)) == 2

@@ -46,6 +46,7 @@ from .records import Chunk, CompactionReport, Document, TransferItem
 from .routing import ShardRouter, composition_weights
 from .sharding import items_of_shard
 from .store.verify import record_problems, records_disagreement
+from .weights_cache import HELD_WEIGHT_BYTES, WeightsCache
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +88,9 @@ class ParametricMemory:
         self._active_shard: int | None = None
         """The shard whose committed weights the adapter holds; None when unknown."""
         self._router_cache: tuple[str | None, ShardRouter] | None = None
+        self._held_weights = WeightsCache(HELD_WEIGHT_BYTES)
+        """Shards' saved weights read for composed answers, by file (a commit writes new
+        files, so an entry never goes stale)."""
         self._manifest_stamp: tuple[int, int, int] | None = None
         """What the manifest file was when `_manifest` was last compared with it: a reader
         re-reads it only when another writer has replaced it (None: not yet compared)."""
@@ -186,6 +190,12 @@ class ParametricMemory:
             return load_file(path)
         except (OSError, RuntimeError, SafetensorError) as error:
             raise CorruptMemoryError(f"cannot load adapter {path}: {error}; run `verify`") from None
+
+    def _cached_weights(self, path: Path) -> dict:
+        held = self._held_weights.get(path)
+        if held is None:
+            held = self._held_weights.put(path, self._read_weights(path))
+        return held
 
     def _load_weights(self, path: Path) -> None:
         weights = self._read_weights(path)
@@ -521,7 +531,7 @@ class ParametricMemory:
             for shard, weight in composition_weights(question, mode):
                 if shard not in states:
                     path = store.shard_weights(self.root, self._manifest, shard)
-                    states[shard] = None if path is None else self._read_weights(path)
+                    states[shard] = None if path is None else self._cached_weights(path)
                 if states[shard] is not None:
                     row.append((states[shard], weight))
             rows.append(row)
