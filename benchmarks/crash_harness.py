@@ -267,7 +267,7 @@ class CliRun:
 
 
 def ingest_args(ws: Workspace, memory: Path) -> list[str]:
-    return ["-v", "ingest", str(ws.docs), "--memory", str(memory)]
+    return ["-v", "ingest", str(ws.docs), "--memory", str(memory), "--progress"]
 
 
 # --- calibration ------------------------------------------------------------------------------
@@ -634,7 +634,7 @@ def run_forget_trial(
     target = rng.choice(ws.order)
     reads = Reads()
     with reader.reading(root, reads):
-        run = CliRun(["-v", "forget", target, "--memory", str(root)])
+        run = CliRun(["-v", "forget", target, "--memory", str(root), "--progress"])
         wait_for_lock(run, root)
         time.sleep(rng.uniform(0.0, locked_s))
         killed = run.kill()
@@ -715,7 +715,15 @@ def compaction_config(model: Path, group: int) -> MemoryConfig:
 
 def compact_args(memory: Path, group: int) -> list[str]:
     """The compaction child's command line: switch here to run it some other way."""
-    return ["-v", "compact", "--memory", str(memory), "--documents-per-shard", str(group)]
+    return [
+        "-v",
+        "compact",
+        "--memory",
+        str(memory),
+        "--documents-per-shard",
+        str(group),
+        "--progress",
+    ]
 
 
 @dataclass

@@ -148,12 +148,20 @@ def test_commands_that_show_progress_take_quiet(command, flag):
 
 
 def test_bars_only_on_a_terminal_and_without_quiet(monkeypatch):
-    args = argparse.Namespace(progress=True)
+    args = argparse.Namespace(progress=None)  # neither --quiet nor --progress
     monkeypatch.setattr("sys.stderr", io.StringIO())
     assert cli._progress(args) is False
+    assert cli._progress(argparse.Namespace(progress=True)) is True  # --progress
     monkeypatch.setattr("sys.stderr.isatty", lambda: True)
     assert cli._progress(args) is True
     assert cli._progress(argparse.Namespace(progress=False)) is False
+
+
+def test_progress_draws_bars_off_a_terminal_for_tools_that_read_them(held, tmp_path, capsys):
+    new = tmp_path / "tarrow.md"
+    new.write_text(NEW_FACT)
+    assert cli.main(["ingest", str(new), "--memory", str(held), "--progress"]) == 0
+    assert "100%" in capsys.readouterr().err  # a bar, drawn to the end
 
 
 def test_no_progress_frames_when_stderr_is_not_a_terminal(ingested):
@@ -301,3 +309,4 @@ def test_a_named_file_that_is_not_text_is_refused_before_anything(
     assert_one_line_error(result, 1, fragment)
     assert str(path) in result.stderr
     assert not (tmp_path / "m").exists()
+

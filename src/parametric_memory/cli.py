@@ -156,15 +156,28 @@ def _device_option(command: argparse.ArgumentParser, new_memory: bool = False) -
 
 
 def _progress_options(command: argparse.ArgumentParser) -> None:
+    command.set_defaults(progress=None)
     command.add_argument(
         "-q",
         "--quiet",
         dest="progress",
-        action="store_false",
+        action="store_const",
+        const=False,
         help="no progress bars (there are none either when stderr is not a terminal)",
     )
     command.add_argument(
-        "--no-progress", dest="progress", action="store_false", help="the same as --quiet"
+        "--no-progress",
+        dest="progress",
+        action="store_const",
+        const=False,
+        help="the same as --quiet",
+    )
+    command.add_argument(
+        "--progress",
+        dest="progress",
+        action="store_const",
+        const=True,
+        help="progress bars even when stderr is not a terminal (for tools that read them)",
     )
 
 
@@ -300,8 +313,10 @@ def _group_size(value: str) -> int:
 
 def _progress(args: argparse.Namespace) -> bool:
     """Bars only for a person watching: never with --quiet, nor into a file or a pipe, where
-    every `\\r` frame would be one more line of a log."""
-    return args.progress and sys.stderr is not None and sys.stderr.isatty()
+    every `\\r` frame would be one more line of a log, unless --progress asks for them."""
+    if args.progress is not None:
+        return args.progress
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 # --- ingest -------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from .engine.adapter_files import adapter_config_json, adapter_writes, save_adap
 from .engine.background_writes import BackgroundWrites
 from .engine.models import LoadedModel
 from .errors import InvalidDocumentError
+from .ingest_progress import IngestBar, reporting_to
 from .method.chunking import chunk_document
 from .method.consolidate import reset_adapter
 from .method.transformation import transform, transform_fresh_documents
@@ -143,6 +144,8 @@ class Ingest:
         closed = set(memory.manifest.compacted_shards)
         self.shards = plan_shards(memory.manifest.documents, todo, per_shard, closed)
         """The new documents of each shard, in the order they are consolidated."""
+        self._bar = IngestBar(0, 0, show=False)
+        """Where the transformations under way are shown (`run` shows one)."""
 
     def new_documents(self) -> list[Document]:
         return [document for documents in self.shards.values() for document in documents]
@@ -151,23 +154,23 @@ class Ingest:
         """Consolidate every planned document, committing after each one (after each group,
         for fresh shards consolidated together: its files are written and committed in the
         background while the next group is consolidated)."""
-        total = len(self.new_documents())
-        bar = tqdm(total=total, desc="consolidating", unit="doc", disable=not progress or not total)
+        documents = self.new_documents()
+        chunks = sum(len(self._chunk(document)) for document in documents)
+        self._bar = IngestBar(chunks, len(documents), progress)
         held_by_adapter = None
-        with bar, BackgroundWrites() as writes:
+        with self._bar, reporting_to(self.memory.lm, self._bar), BackgroundWrites() as writes:
             for together, shards in self._work_order(list(self.shards)):
                 if together:
                     self._add_together(shards, writes)
                     held_by_adapter = shards[-1]
-                    bar.update(len(shards))
+                    self._bar.committed(len(shards))
                     continue
                 writes.wait()  # a together group's commit lands before this shard's
                 held_by_adapter = None
                 self.memory.activate(shards[0])
                 for document in self.shards[shards[0]]:
-                    bar.set_postfix_str(document.id[:30])
                     self._add_document(document, shards[0])
-                    bar.update()
+                    self._bar.committed(1)
             writes.wait()
         if held_by_adapter is not None:  # committed now: the adapter holds its weights
             self.memory.adapter_holds(held_by_adapter)
@@ -329,7 +332,11 @@ class Ingest:
         rngs = [random.Random(f"{config.seed}:{d.content_hash}") for d in documents]
         self.memory.adapter_holds(None)  # the adapter is about to hold uncommitted weights
         reset_adapter(lm, config.seed)
-        outcomes, slots = transform_fresh_documents(lm, chunks, config, rngs)
+        label = documents[0].id
+        if len(documents) > 1:
+            label += f" and {len(documents) - 1} more"
+        with self._bar.transformation(sum(map(len, chunks)), label):
+            outcomes, slots = transform_fresh_documents(lm, chunks, config, rngs)
         folders = [folder / store.shard_dir(shard) for shard in shards]
         stored = config.consolidation.adapter_dtype
         write = adapter_writes(folders, adapter_config_json(lm.model), slots, stored)
@@ -403,7 +410,8 @@ class Ingest:
         lm = self.memory.lm
         try:
             for group in batches(chunks, config.consolidation.chunks_per_transformation):
-                result = transform(lm, group, held_items + items, known_chunks, config, rng)
+                with self._bar.transformation(len(group), document.id):
+                    result = transform(lm, group, held_items + items, known_chunks, config, rng)
                 items.extend(result.selected)
         except BaseException:
             # Nothing of this document was committed: the adapter no longer matches disk.

@@ -9,15 +9,20 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 import torch
 from filelock import FileLock
+from huggingface_hub import utils as hub_utils
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import PreTrainedTokenizerBase as Tokenizer
+from transformers.utils import logging as transformers_logging
 
 from ..config import MemoryConfig
 from ..errors import ModelLoadError
@@ -33,6 +38,17 @@ _CACHE_ENV = "PARAMETRIC_MEMORY_CACHE"
 _GGUF_ENV = "PARAMETRIC_MEMORY_DEFAULT_GGUF"
 
 
+Progress = Callable[[str, int, int], None]
+"""Told how far the work done with a model has come, as (stage, done, total): "elicit" as a
+transformation's chunks begin to be answered (0 of them done) and once all are; then
+"consolidate" before its first training step and after each (steps done of all). Called on
+the host between steps, never waiting for the device; it must return quickly."""
+
+
+def no_progress(stage: str, done: int, total: int) -> None:
+    """A model's `progress` until a caller sets one: tells no one."""
+
+
 @dataclass
 class LoadedModel:
     model: PreTrainedModel
@@ -44,6 +60,9 @@ class LoadedModel:
     whatever path or id it was loaded from."""
     backend: Backend | None = None
     """How the engine runs this model; chosen from the device when not given."""
+    progress: Progress = field(default=no_progress, repr=False, compare=False)
+    """Where the method reports its progress; the product sets it for the length of a call
+    (an ingest renders it as its bar)."""
 
     def __post_init__(self) -> None:
         if self.backend is None:
@@ -96,10 +115,11 @@ def converted_default_model() -> Path:
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
     logger.info("converting %s to safetensors in %s (once)", gguf.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
+    with quiet_loading():
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
     config = quantized.config
     # The dequantised weights are plain tensors; only the config still says "gguf".
     del config.quantization_config
@@ -150,8 +170,9 @@ def load_model(config: MemoryConfig, *, allow_downloads: bool = True) -> LoadedM
     if not allow_downloads:
         options["local_files_only"] = True
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **options)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **options)
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(source, **options)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **options)
     except (OSError, ValueError, KeyError) as error:
         hint = "" if allow_downloads else _LOCAL_ONLY_HINT
         raise ModelLoadError(f"cannot load model {config.model!r}: {error}{hint}") from None
@@ -163,6 +184,27 @@ def load_model(config: MemoryConfig, *, allow_downloads: bool = True) -> LoadedM
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(model, tokenizer, config.model, model_fingerprint(model), backend)
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers' own progress bars ("Loading weights") and its FutureWarnings (notices
+    of its API's deprecations, for us, not for the user) off while a model loads; both are
+    restored after. The hub's download bars stay as they were: a first download is long."""
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    downloads_were_on = not hub_utils.are_progress_bars_disabled()
+    transformers_logging.disable_progress_bar()  # the hub's bars too
+    if downloads_were_on:
+        hub_utils.enable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+            yield
+    finally:
+        if bars_were_on:
+            transformers_logging.enable_progress_bar()
+        if not downloads_were_on:
+            hub_utils.disable_progress_bars()
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:

@@ -34,7 +34,8 @@ def train_slots(
     config: ConsolidationConfig,
     rngs: Sequence[random.Random],
 ) -> list[TrainingStats]:
-    """Epochs of KL distillation, slot k on `examples[k]` shuffled by `rngs[k]`."""
+    """Epochs of KL distillation, slot k on `examples[k]` shuffled by `rngs[k]`; each step
+    (of all slots at once) is reported to `lm.progress` as "consolidate"."""
     if not len(examples) == len(rngs) == slots.slots:
         raise ValueError(f"{slots.slots} slots need as many example lists and generators")
     plans = [training_batches(ex, config, rng) for ex, rng in zip(examples, rngs, strict=True)]
@@ -61,7 +62,9 @@ def _train_steps(
     optimizer = SlotAdamW(slots.weights)
     device = slots.weights.device
     losses, skips = [], []
-    for step in range(max(len(plan) for plan in plans)):
+    steps = max(len(plan) for plan in plans)
+    lm.progress("consolidate", 0, steps)
+    for step in range(steps):
         batches = [plan[step] if step < len(plan) else [] for plan in plans]
         rates = [
             config.learning_rate * schedule(step) if step < len(plan) else 0.0
@@ -72,6 +75,7 @@ def _train_steps(
         rate = to_device(torch.tensor(rates, dtype=torch.float32), device)
         skips.append(optimizer.step(rate, active, config.max_grad_norm))
         losses.append(loss.detach())
+        lm.progress("consolidate", step + 1, steps)
     return losses, skips
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -43,10 +45,21 @@ def attach_adapter(lm: LoadedModel, config: ConsolidationConfig, seed: int) -> N
         task_type="CAUSAL_LM",
     )
     try:
-        lm.model = get_peft_model(lm.model, lora)
+        with _without_transformers_notices():
+            lm.model = get_peft_model(lm.model, lora)
     except ValueError as error:  # e.g. target modules the model does not have
         raise ModelLoadError(f"cannot attach the LoRA adapter to {lm.name}: {error}") from None
     lm.model.eval()
+
+
+@contextmanager
+def _without_transformers_notices() -> Iterator[None]:
+    """transformers' FutureWarnings (its API's deprecations, a notice for this library, not
+    for its user: peft asks `is_gradient_checkpointing` of every model it wraps) ignored
+    within the block only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+        yield
 
 
 def reset_adapter(lm: LoadedModel, seed: int) -> None:
@@ -61,7 +74,8 @@ def reset_adapter(lm: LoadedModel, seed: int) -> None:
 def train_student(
     lm: LoadedModel, examples: list[Example], config: ConsolidationConfig, rng: random.Random
 ) -> TrainingStats:
-    """Epochs of KL distillation over `examples` (teacher targets already computed)."""
+    """Epochs of KL distillation over `examples` (teacher targets already computed); each
+    step is reported to `lm.progress` as "consolidate"."""
     model = lm.model
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
@@ -70,13 +84,16 @@ def train_student(
     schedule = warmup_then_linear_decay(config.epochs * steps_per_epoch, config.warmup_ratio)
     losses: list[torch.Tensor] = []
     skipped = torch.zeros((), device=lm.device)
+    plan = training_batches(examples, config, rng)
+    lm.progress("consolidate", 0, len(plan))
     model.train()
     try:
-        for batch in training_batches(examples, config, rng):
+        for batch in plan:
             set_learning_rate(optimizer, config.learning_rate * schedule(len(losses)))
             loss, skip = step(batch)
             losses.append(loss)
             skipped += skip
+            lm.progress("consolidate", len(losses), len(plan))
     finally:
         model.eval()
     if not losses:

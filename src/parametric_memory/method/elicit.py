@@ -19,7 +19,9 @@ def elicit_transfer_set(
     lm: LoadedModel, chunks: Sequence[Chunk], config: ElicitationConfig
 ) -> list[TransferItem]:
     """Transfer items for `chunks`, written by the base model (adapter off) with each chunk
-    in context, so what earlier documents taught the adapter cannot leak into them."""
+    in context, so what earlier documents taught the adapter cannot leak into them. Reported
+    to `lm.progress` as "elicit": none of the chunks done, then all of them."""
+    lm.progress("elicit", 0, len(chunks))
     plans = [(chunk, p) for chunk in chunks for p in _plan(chunk, config)]
     with adapter_disabled(lm.model):
         plans = _write_questions(lm, plans, config)
@@ -32,6 +34,7 @@ def elicit_transfer_set(
             config.compile_decode,
         )
     generated = {id(p): a.strip() for (_, p), a in zip(pending, answers, strict=True)}
+    lm.progress("elicit", len(chunks), len(chunks))
     return [
         TransferItem(chunk.id, plan.kind, plan.prompt, plan.reference_answer or generated[id(plan)])
         for chunk, plan in plans
