@@ -251,3 +251,10 @@ def test_a_memory_opened_while_a_commit_retires_its_state_opens_the_new_one(
     reader = ParametricMemory.open(writer.root)
     assert reader.info().shards == 2
     assert reader.ask("When is the Zorbian festival?", max_new_tokens=4)
+
+
+def test_compaction_draws_no_frames_when_stderr_is_not_a_terminal(tmp_path, tiny_config, capsys):
+    memory = _filled(tmp_path, tiny_config)
+    capsys.readouterr()
+    memory.compact(progress=True)
+    assert "\r" not in capsys.readouterr().err

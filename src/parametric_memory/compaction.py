@@ -64,7 +64,9 @@ class Compaction:
             chunks = {chunk.id: chunk for chunk in chunk_records}
             groups = self._plan(candidates, chunk_records)
             width = max(1, self.memory.lm.backend.documents_together)
-            bar = tqdm(total=len(candidates), desc="compacting", unit="doc", disable=not progress)
+            bar = tqdm(
+                total=len(candidates), desc="compacting", unit="doc", disable=_bar_off(progress)
+            )
             with bar:
                 for batch in batches(groups, width):
                     self._compact(batch, chunks, items)
@@ -157,3 +159,9 @@ class Compaction:
             documents, set(shards), write_state, {"compacted_shards": compacted}
         )
         logger.info("compacted %d documents into shards %s", sum(map(len, groups)), shards)
+
+
+def _bar_off(progress: bool) -> bool | None:
+    """tqdm's `disable`: off when not asked for, and (None) off when stderr is not a
+    terminal, where every redrawn frame would be one more line of a log."""
+    return None if progress else True
