@@ -16,7 +16,7 @@ fi
 if [ "$step" = setup-b ]; then
   cp .gpu/b/* /root/m/
   cat /root/m/part00 /root/m/part01 > /root/m/model.gguf
-  python3 -m pip install -q --no-deps /root/m/liger_kernel-*.whl 2>&1 | tail -1
+  python3 -m pip install -q --no-deps /root/m/liger_kernel-*.whl /root/m/pystemmer-*.whl 2>&1 | tail -1
   exit 0
 fi
 if [ "$step" = tests ]; then  # the CUDA equivalence tests (they skip on a CPU)
@@ -24,6 +24,8 @@ if [ "$step" = tests ]; then  # the CUDA equivalence tests (they skip on a CPU)
     tests/test_consolidate.py tests/test_fast_generation.py tests/test_fused_kernels.py \
     tests/test_merged_adapter.py tests/test_parallel_shards.py tests/test_house_plan.py \
     -k "cuda or CUDA or graph or fused or merged or slot or together" 2>&1 | tail -15
+  # top-k composition answers on the CUDA backend (per-row adapters, model.generate)
+  timeout ${LIMIT:-240} python3 -m pytest -q -x -p no:cacheprovider tests/test_composition.py 2>&1 | tail -5
   exit 0
 fi
 export PARAMETRIC_MEMORY_DEFAULT_GGUF=/root/m/model.gguf PARAMETRIC_MEMORY_CACHE=/root/pmcache
