@@ -16,7 +16,7 @@ from .generation import (
     generate,
 )
 from .host_copies import to_device
-from .models import LoadedModel, cache_keyword, returned_cache
+from .models import LoadedModel, cache_keyword, returned_cache, without_transformers_notices
 from .optimizer import capturable_adamw, clip_and_step, set_learning_rate
 from .slot_training import train_slots
 
@@ -45,4 +45,5 @@ __all__ = [
     "student_kl_loss",
     "to_device",
     "train_slots",
+    "without_transformers_notices",
 ]

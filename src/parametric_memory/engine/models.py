@@ -197,14 +197,23 @@ def quiet_loading() -> Iterator[None]:
     if downloads_were_on:
         hub_utils.enable_progress_bars()
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+        with without_transformers_notices():
             yield
     finally:
         if bars_were_on:
             transformers_logging.enable_progress_bar()
         if not downloads_were_on:
             hub_utils.disable_progress_bars()
+
+
+@contextmanager
+def without_transformers_notices() -> Iterator[None]:
+    """transformers' FutureWarnings (its API's deprecations: a notice for this library, not
+    for its user; peft asks `is_gradient_checkpointing` of every model it wraps) ignored
+    within the block only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+        yield
 
 
 def model_fingerprint(model: PreTrainedModel) -> str:

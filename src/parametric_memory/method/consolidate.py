@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from peft import LoraConfig, get_peft_model
@@ -26,6 +24,7 @@ from ..engine import (
     graphed_trainer,
     set_learning_rate,
     student_kl_loss,
+    without_transformers_notices,
 )
 from ..errors import ModelLoadError, TrainingDivergedError
 from ..records import Example, TrainingStats
@@ -45,21 +44,11 @@ def attach_adapter(lm: LoadedModel, config: ConsolidationConfig, seed: int) -> N
         task_type="CAUSAL_LM",
     )
     try:
-        with _without_transformers_notices():
+        with without_transformers_notices():
             lm.model = get_peft_model(lm.model, lora)
     except ValueError as error:  # e.g. target modules the model does not have
         raise ModelLoadError(f"cannot attach the LoRA adapter to {lm.name}: {error}") from None
     lm.model.eval()
-
-
-@contextmanager
-def _without_transformers_notices() -> Iterator[None]:
-    """transformers' FutureWarnings (its API's deprecations, a notice for this library, not
-    for its user: peft asks `is_gradient_checkpointing` of every model it wraps) ignored
-    within the block only."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
-        yield
 
 
 def reset_adapter(lm: LoadedModel, seed: int) -> None:
