@@ -78,7 +78,8 @@ def run_phase(
         for k in args.shards_per_question:
             name = "level0" if k == 1 else f"level0-top{k}"
             if name not in rows:
-                rows[name] = evaluate(ParametricMemory.open(level0), documents, k)
+                keep = args.out / f"records-{name}.json"
+                rows[name] = evaluate(ParametricMemory.open(level0), documents, k, keep)
                 save()
     elif phase == "compact":
         for size in args.sizes:
@@ -143,12 +144,19 @@ def compact_and_evaluate(
     return row
 
 
-def evaluate(memory: ParametricMemory, documents: list[dict], shards: int = 1) -> dict:
+def evaluate(
+    memory: ParametricMemory, documents: list[dict], shards: int = 1, keep: Path | None = None
+) -> dict:
+    """The memory's summary row; its per-question records also go to `keep` (a JSON list that
+    `benchmarks/coverage.py --records` splits by whether the transfer set asked them)."""
     questions = questions_of(documents, range(len(documents)))
     started = time.perf_counter()
     answers = ask_memory(memory, [q["question"] for _, _, q in questions], shards)
     seconds = time.perf_counter() - started
-    row = summary(score_records(documents, questions, answers))
+    records = score_records(documents, questions, answers)
+    if keep is not None:
+        keep.write_text(json.dumps(records, ensure_ascii=False))
+    row = summary(records)
     row.update({"answer_seconds": round(seconds, 1), **_size(memory.info())})
     return row
 

@@ -28,6 +28,13 @@ if [ "$step" = tests ]; then  # the CUDA equivalence tests (they skip on a CPU)
   timeout ${LIMIT:-240} python3 -m pytest -q -x -p no:cacheprovider tests/test_composition.py 2>&1 | tail -5
   exit 0
 fi
+if [ "$step" = coverage ]; then  # the level-0 memory of LABEL: what its transfer set taught
+  R=/root/res/${LABEL:-n1048}
+  PYTHONPATH=$PWD/src:$PWD/benchmarks python3 benchmarks/coverage.py /root/mem/${LABEL:-n1048}/level0 \
+    --questions /root/m/squad-dev.jsonl --records $R/records-level0.json --out $R/coverage 2>&1 | tail -3
+  cp $R/coverage/coverage.md $OUT/ 2>/dev/null; cat $R/coverage/coverage.md 2>/dev/null | head -40
+  exit 0
+fi
 export PARAMETRIC_MEMORY_DEFAULT_GGUF=/root/m/model.gguf PARAMETRIC_MEMORY_CACHE=/root/pmcache
 export PYTHONPATH=$PWD/src:$PWD/benchmarks OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
