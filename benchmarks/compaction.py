@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import ask_memory, load_documents
+from common import answer_prompts, ask_memory, load_documents, open_book_prompt
 from metrics import estimate
 from quality import (
     SQUAD,
@@ -37,8 +37,11 @@ from quality import (
 )
 
 from parametric_memory import CompactionConfig, MemoryConfig, ParametricMemory
+from parametric_memory.engine.models import load_model
 
-PHASES = ("ingest", "level0", "compact", "prompts")
+PHASES = ("ingest", "level0", "recalled", "compact", "prompts")
+RECALL_TOKENS = 128
+"""Tokens a recall writes out for the recalled row (about a passage's worth)."""
 log = logging.getLogger("compaction")
 
 
@@ -81,6 +84,9 @@ def run_phase(
                 keep = args.out / f"records-{name}.json"
                 rows[name] = evaluate(ParametricMemory.open(level0), documents, k, keep)
                 save()
+    elif phase == "recalled" and "recalled" not in rows:
+        keep = args.out / "records-recalled.json"
+        rows["recalled"] = recalled(ParametricMemory.open(level0), documents, keep)
     elif phase == "compact":
         for size in args.sizes:
             for variant, overrides in args.variants.items():
@@ -158,6 +164,30 @@ def evaluate(
         keep.write_text(json.dumps(records, ensure_ascii=False))
     row = summary(records)
     row.update({"answer_seconds": round(seconds, 1), **_size(memory.info())})
+    return row
+
+
+def recalled(memory: ParametricMemory, documents: list[dict], keep: Path) -> dict:
+    """The retriever path as a RAG user runs it: the memory recalls what it holds about each
+    question (`recall_batch`, as the integrations' retrievers do), then the same base model,
+    without the memory's adapter, answers with that text in its prompt."""
+    questions = questions_of(documents, range(len(documents)))
+    texts = [q["question"] for _, _, q in questions]
+    started = time.perf_counter()
+    recollections = memory.recall_batch(texts, max_new_tokens=RECALL_TOKENS)
+    recall_seconds = time.perf_counter() - started
+    prompts = [open_book_prompt([r.text], q) for r, q in zip(recollections, texts, strict=True)]
+    started = time.perf_counter()
+    answers = answer_prompts(load_model(memory.config), prompts)  # the same base model
+    records = score_records(documents, questions, answers)
+    keep.write_text(json.dumps(records, ensure_ascii=False))
+    row = summary(records)
+    row.update(
+        {
+            "recall_seconds": round(recall_seconds, 1),
+            "answer_seconds": round(time.perf_counter() - started, 1),
+        }
+    )
     return row
 
 

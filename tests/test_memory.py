@@ -13,6 +13,7 @@ import torch
 from parametric_memory import (
     CorruptMemoryError,
     IncompatibleMemoryError,
+    InvalidArgumentError,
     InvalidDocumentError,
     MemoryExistsError,
     MemoryLockedError,
@@ -260,3 +261,9 @@ def test_recall_cites_the_documents_that_wrote_it_even_when_its_words_match_none
     )
     recollection = memory.recall("When is the Quillhaven lantern festival?", max_new_tokens=4)
     assert recollection.document_ids[0] == "festival"
+    queries = ["When is the Quillhaven lantern festival?", "Who runs payroll?"]
+    batch = memory.recall_batch(queries, max_new_tokens=4)
+    assert batch == [memory.recall(q, max_new_tokens=4) for q in queries]
+    assert batch[1].document_ids[0] == "payroll"
+    with pytest.raises(InvalidArgumentError, match="list of strings"):
+        memory.recall_batch("Who runs payroll?")

@@ -584,14 +584,25 @@ class ParametricMemory:
     def recall(self, query: str, *, max_new_tokens: int = 192) -> Recollection:
         """Write out, as plain text, what the memory holds about `query` — for handing to
         another LLM where a retriever's documents would go."""
+        return self.recall_batch([query], max_new_tokens=max_new_tokens)[0]
+
+    def recall_batch(
+        self, queries: Sequence[str], *, max_new_tokens: int = 192
+    ) -> list[Recollection]:
+        """`recall` of each query, queries routed to one shard generated in one batch."""
         check_max_new_tokens(max_new_tokens)
-        _check_query(query, "query")
-        prompt = RECALL_TEMPLATE.format(query=query.strip().rstrip("?.!"))
-        text = self._generate_routed([prompt], [query], max_new_tokens)[0]
+        if isinstance(queries, str):
+            raise InvalidArgumentError("queries must be a list of strings: use recall() for one")
+        for query in queries:
+            _check_query(query, "query")
+        prompts = [RECALL_TEMPLATE.format(query=q.strip().rstrip("?.!")) for q in queries]
+        texts = self._generate_routed(prompts, list(queries), max_new_tokens)
         router = self._router()
-        # where the text matches no held words, the documents whose weights wrote it
-        sources = router.documents_for(text, limit=3) or router.documents_for(query, limit=3)
-        return Recollection(query, text, sources)
+        return [
+            # where the text matches no held words, the documents whose weights wrote it
+            Recollection(q, t, router.documents_for(t, 3) or router.documents_for(q, 3))
+            for q, t in zip(queries, texts, strict=True)
+        ]
 
     @property
     def model(self) -> LoadedModel:
