@@ -157,15 +157,17 @@ class CompactionConfig(_Config):
     (all their kept transfer items shuffled together, from a fresh adapter: never
     sequentially, never by merging weights), into one shard per group that replaces their
     level-0 shards in one atomic commit. The router then picks among far fewer, larger
-    shards, and the right one far more often than the right single document."""
+    shards, and the right one more often than the right single document; but a shared
+    shard answers worse than its documents' own (8 a shard lost 8 points on squad-dev, 32
+    lost 14: benchmarks/RESULTS.md), so it trades accuracy for fewer shards."""
 
     documents_per_shard: int = Field(32, ge=2, le=100_000)
     """Documents consolidated together into one compacted shard."""
     auto_after: int | None = Field(None, ge=2, le=10_000_000)
     """Compact by itself, at the end of an ingest, once level 0 holds this many documents
     (e.g. 64: two shards of 32 at a time); None: only on demand (`ParametricMemory.compact`,
-    `parametric-memory compact`). Off by default until compacted accuracy on real models is
-    measured against level 0 (benchmarks/compaction.py)."""
+    `parametric-memory compact`). Off by default: compacted shards answered worse than
+    level 0 where measured (benchmarks/RESULTS.md)."""
     epochs: int | None = Field(None, ge=1, le=1000)
     """Passes over a group's items; None: `consolidation.epochs`."""
     batch_size: int | None = Field(None, ge=1, le=4096)

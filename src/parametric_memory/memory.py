@@ -281,9 +281,10 @@ class ParametricMemory:
     ) -> CompactionReport:
         """Consolidate the documents held at level 0 (a shard each) again, in groups of
         related documents trained jointly, each group into one shard that replaces theirs
-        in one atomic commit. Answers then come from fewer, smaller shards per document,
-        which the router picks right more often. `settings`: this call's, instead of the
-        memory's `config.compaction`."""
+        in one atomic commit. Answers then come from fewer shards, which the router picks
+        right more often, but a shared shard answers worse than each document's own did
+        (measured: benchmarks/RESULTS.md). `settings`: this call's, instead of the memory's
+        `config.compaction`."""
         with store.storage_errors(self.root), self._model_lock, store.write_lock(self.root):
             return Compaction(self.writer(), settings).run(progress)
 
