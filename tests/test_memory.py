@@ -267,3 +267,17 @@ def test_recall_cites_the_documents_that_wrote_it_even_when_its_words_match_none
     assert batch[1].document_ids[0] == "payroll"
     with pytest.raises(InvalidArgumentError, match="list of strings"):
         memory.recall_batch("Who runs payroll?")
+
+
+def test_the_kinds_off_by_default_elicit_and_train(tmp_path, tiny_config):
+    from parametric_memory import store
+
+    kinds = ("cloze", "reverse", "implications", "structure")
+    elicitation = tiny_config.elicitation.model_copy(update={"prompt_kinds": kinds})
+    memory = ParametricMemory.create(
+        tmp_path / "m", tiny_config.model_copy(update={"elicitation": elicitation})
+    )
+    memory.add_documents(["The Quillhaven festival is held every May 14."], progress=False)
+    manifest = store.read_manifest(memory.root)
+    held = {item.kind for item in store.read_transfer_set(memory.root, manifest)}
+    assert "reverse" in held and held <= set(kinds)

@@ -52,6 +52,30 @@ def test_cloze_prompts_blank_a_fact_and_answer_it():
     assert all(p.reference_answer not in p.prompt for p in cloze)
 
 
+def test_reverse_prompts_give_the_fact_and_ask_for_its_sentence():
+    reverse = plan_prompts(TEXT, ("reverse",), 100)
+    assert reverse and all(p.kind == "reverse" for p in reverse)
+    asked = {p.prompt: p.reference_answer for p in reverse}
+    quillhaven = asked["State the fact that involves Quillhaven."]
+    assert quillhaven == "The Quillhaven festival is held every May 14."
+    assert all(p.reference_answer in TEXT for p in reverse)
+
+
+def test_implication_and_structure_prompts_are_one_per_chunk_about_its_topic():
+    for kind in ("implications", "structure"):
+        planned = plan_prompts(TEXT, (kind,), 100)
+        assert len(planned) == 1 and planned[0].reference_answer is None
+        assert planned[0].kind == kind and "Brindlewick Analytics" in planned[0].prompt
+
+
+def test_every_configurable_prompt_kind_has_a_planner():
+    from parametric_memory.config import ALL_PROMPT_KINDS, ElicitationConfig
+
+    for kind in ALL_PROMPT_KINDS:
+        assert plan_prompts(TEXT, (kind,), 100), kind
+    assert "reverse" not in ElicitationConfig().prompt_kinds  # off until measured
+
+
 def test_plan_interleaves_kinds_and_respects_the_limit():
     plan = plan_prompts(TEXT, ("entity", "cloze", "recitation"), 3)
     assert [p.kind for p in plan] == ["entity", "cloze", "recitation"]

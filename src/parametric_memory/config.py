@@ -11,7 +11,16 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PromptKind = Literal[
-    "entity", "cloze", "continuation", "recitation", "questions", "summary", "paraphrase"
+    "entity",
+    "cloze",
+    "continuation",
+    "recitation",
+    "questions",
+    "summary",
+    "paraphrase",
+    "reverse",
+    "implications",
+    "structure",
 ]
 ALL_PROMPT_KINDS: tuple[str, ...] = PromptKind.__args__  # type: ignore[attr-defined]
 
@@ -37,9 +46,12 @@ class ElicitationConfig(_Config):
         "summary",
     )
     """Which kinds of transfer prompts to write for each chunk. `entity`, `cloze`,
-    `continuation` and `recitation` are built from the chunk's own text; `questions`,
-    `summary` and `paraphrase` are open-ended prompts the model answers (and, for
-    `questions`, writes) with the chunk in context."""
+    `continuation`, `recitation` and `reverse` are built from the chunk's own text;
+    `questions`, `summary`, `paraphrase`, `implications` and `structure` are open-ended
+    prompts the model answers (and, for `questions`, writes) with the chunk in context.
+    `reverse` (a name or number given, its sentence asked: the other direction of `cloze`),
+    `implications` (SEAL's self-edits) and `structure` (Cartridges' structuring seed) are
+    off by default until measured (`benchmarks/compaction.py --config`)."""
     items_per_chunk: int = Field(32, ge=1, le=512)
     """Most transfer items elicited per chunk, before selection."""
     max_answer_tokens: int = Field(64, ge=4, le=1024)

@@ -16,7 +16,8 @@ from .chunking import split_sentences
 PROMPT_VERSION = 1
 """Stamped into every manifest. Bump it with any change to the text below, or to the plain
 chat layout of `engine.generation` (used where a tokenizer has none): a memory's transfer
-items were written, and are retrained on `forget`, under the prompts of its version."""
+items were written, and are retrained on `forget`, under the prompts of its version. A new
+kind, off by default, changes no memory's items and needs no bump."""
 
 TEACHER_TEMPLATE = "Read this text:\n\n{chunk}\n\n{prompt}"
 QUESTION_WRITER_PROMPT = (
@@ -172,6 +173,29 @@ def _paraphrase_prompts(chunk: str) -> list[PlannedPrompt]:
     ]
 
 
+def _reverse_prompts(chunk: str) -> list[PlannedPrompt]:
+    """A name or number given, its sentence asked for: the other direction of a cloze (a
+    model that learned "X was founded by Y" does not thereby answer "What did Y found?")."""
+    return [
+        PlannedPrompt("reverse", f"State the fact that involves {span}.", reference_answer=sentence)
+        for sentence in split_sentences(chunk)
+        for span in salient_spans(sentence)[:2]
+    ]
+
+
+def _implication_prompts(chunk: str) -> list[PlannedPrompt]:
+    """SEAL's self-edit: what the text implies, restated, so facts are also learned in the
+    form of their consequences."""
+    topic = chunk_topic(chunk)
+    return [PlannedPrompt("implications", f"List the implications of the facts about {topic}.")]
+
+
+def _structure_prompts(chunk: str) -> list[PlannedPrompt]:
+    """Cartridges' structuring seed: the facts laid out as key: value lines."""
+    topic = chunk_topic(chunk)
+    return [PlannedPrompt("structure", f"List the facts about {topic} as key: value lines.")]
+
+
 def _question_prompts(chunk: str) -> list[PlannedPrompt]:
     # The prompt is a placeholder: elicitation asks the model to write the question first.
     return [
@@ -188,6 +212,9 @@ _PLANNERS = {
     "summary": _summary_prompts,
     "paraphrase": _paraphrase_prompts,
     "questions": _question_prompts,
+    "reverse": _reverse_prompts,
+    "implications": _implication_prompts,
+    "structure": _structure_prompts,
 }
 
 
