@@ -27,10 +27,11 @@ from .errors import (
     TrainingDivergedError,
 )
 from .ingest import IngestReport
-from .memory import MemoryInfo, ParametricMemory, Recollection
+from .memory import Candidate, MemoryInfo, ParametricMemory, Recollection
 from .records import CompactionReport
 
 __all__ = [
+    "Candidate",
     "ChunkingConfig",
     "CompactionConfig",
     "CompactionReport",

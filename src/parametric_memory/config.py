@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PromptKind = Literal[
     "entity",
@@ -215,6 +215,19 @@ class RoutingConfig(_Config):
     weights: Literal["relative", "equal"] = "relative"
     """How the top shards' updates are weighted: "relative", the best shard 1 and each other
     its BM25 score over the best's; "equal", 1 each (PRAG's sum)."""
+    selection: Literal["router", "confidence"] = "router"
+    """"router": the shards BM25 ranks first answer. "confidence" (self-routing): each of
+    the router's top `candidates` shards answers alone, and the answer the model is surest
+    of (highest mean log-probability of its tokens) is kept; it costs `candidates` answers
+    per question and uses one shard (`shards_per_question` 1)."""
+    candidates: int = Field(3, ge=2, le=16)
+    """Shards self-routing chooses among."""
+
+    @model_validator(mode="after")
+    def _one_shard_when_self_routed(self) -> RoutingConfig:
+        if self.selection == "confidence" and self.shards_per_question != 1:
+            raise ValueError("selection 'confidence' picks one shard: set shards_per_question 1")
+        return self
 
 
 class EngineConfig(_Config):

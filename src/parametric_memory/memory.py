@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from peft import PeftModel, set_peft_model_state_dict
 from pydantic import BaseModel
@@ -23,10 +23,10 @@ from safetensors.torch import load_file
 
 from . import store
 from .compaction import Compaction, level_zero
-from .config import CompactionConfig, MemoryConfig
+from .config import CompactionConfig, MemoryConfig, RoutingConfig
 from .documents import make_documents, read_files
 from .engine.adapter_files import save_adapter
-from .engine.generation import encode_prompts, generate, stream
+from .engine.generation import encode_prompts, generate, generate_scored, stream
 from .engine.merged_adapter import answering_weights
 from .engine.models import LoadedModel, load_model
 from .engine.row_adapters import RowAdapters, WeightedAdapters
@@ -53,6 +53,12 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _READ_ATTEMPTS = 5
 """Reads repeated on newer states when commits keep retiring the one being read."""
+_MERGED_GROUP = 16
+"""Questions one shard must have for their batch to be answered with its update merged into
+the base weights (CUDA's fast decoder); fewer share batches with other shards' questions,
+each row with its own adapter, which costs far less than a merge and a batch per shard."""
+_ROW_BATCH = 64
+"""Questions per batch when each row computes its own adapter's update."""
 
 
 class MemoryInfo(BaseModel):
@@ -76,6 +82,20 @@ class Recollection:
     document_ids: list[str]
     """Held documents whose words the recalled text matches best (BM25, best first); where
     it matches none, those the query matches best (whose weights wrote the text)."""
+
+
+@dataclass
+class Candidate:
+    """One shard's answer to a question (`ParametricMemory.answer_candidates`)."""
+
+    shard: int
+    document_ids: list[str]
+    """The documents the shard holds: whose weights wrote the answer."""
+    answer: str
+    confidence: float
+    """Mean log-probability of the answer's tokens under the shard's weights."""
+    router_score: float
+    """BM25 score of the shard's best chunk for the question."""
 
 
 class ParametricMemory:
@@ -404,11 +424,19 @@ class ParametricMemory:
 
     # --- reading ------------------------------------------------------------------------
     def ask(
-        self, question: str, *, max_new_tokens: int = 128, shards_per_question: int | None = None
+        self,
+        question: str,
+        *,
+        max_new_tokens: int = 128,
+        shards_per_question: int | None = None,
+        selection: Literal["router", "confidence"] | None = None,
     ) -> str:
         """Answer from the weights alone: the question is the whole prompt."""
         return self.ask_batch(
-            [question], max_new_tokens=max_new_tokens, shards_per_question=shards_per_question
+            [question],
+            max_new_tokens=max_new_tokens,
+            shards_per_question=shards_per_question,
+            selection=selection,
         )[0]
 
     def ask_batch(
@@ -417,29 +445,78 @@ class ParametricMemory:
         *,
         max_new_tokens: int = 128,
         shards_per_question: int | None = None,
+        selection: Literal["router", "confidence"] | None = None,
     ) -> list[str]:
         """Answers from the weights alone, each question with the weights of its top shards
-        (`shards_per_question`; None: the memory's `RoutingConfig.shards_per_question`)."""
+        (`shards_per_question`), or with the one shard among the router's candidates whose
+        answer the model is surest of (`selection="confidence"`); None: the memory's
+        `RoutingConfig`."""
         check_max_new_tokens(max_new_tokens)
-        if isinstance(questions, str):
-            raise InvalidArgumentError(
-                f"questions must be a list of strings, got one string {reprlib.repr(questions)}: "
-                "use ask() for one question"
+        _check_queries(questions, "questions", "ask()")
+        routing = self._routing(shards_per_question, selection)
+        if routing.selection == "confidence":
+            answered = self.answer_candidates(
+                questions, candidates=routing.candidates, max_new_tokens=max_new_tokens
             )
-        for question in questions:
-            _check_query(question, "question")
-        shards = self._shards_per_question(shards_per_question)
+            return [max(c, key=lambda c: c.confidence).answer for c in answered]
+        shards = routing.shards_per_question
         return self._generate_routed(list(questions), list(questions), max_new_tokens, shards)
 
+    def answer_candidates(
+        self,
+        questions: Sequence[str],
+        *,
+        candidates: int | None = None,
+        max_new_tokens: int = 128,
+    ) -> list[list[Candidate]]:
+        """Each question answered by each of its router's top `candidates` shards alone
+        (None: `RoutingConfig.candidates`), best routed first, with the model's confidence in
+        each answer: what self-routing chooses among, and whose documents wrote each answer."""
+        check_max_new_tokens(max_new_tokens)
+        _check_queries(questions, "questions", "ask()")
+        routing = self._manifest.config.routing
+        count = routing.candidates if candidates is None else _count(candidates, "candidates")
+        with self._model_lock:
+            self._check_fits(list(questions), max_new_tokens)
+            return self._following_commits(
+                lambda: self._candidates(list(questions), count, max_new_tokens)
+            )
+
+    def _candidates(
+        self, questions: list[str], count: int, max_new_tokens: int
+    ) -> list[list[Candidate]]:
+        ranked = self._router().ranked_shards(questions, count)
+        pairs = [(i, shard, score) for i, row in enumerate(ranked) for shard, score in row]
+        rows = [self._weighted([(shard, 1.0)]) for _, shard, _ in pairs]
+        self._ensure_adapter()
+        users = [questions[i] for i, _, _ in pairs]
+        scored = generate_scored(self._lm, users, max_new_tokens, _ROW_BATCH, rows)
+        held: dict[int, list[str]] = {}
+        for document, record in self._manifest.documents.items():
+            held.setdefault(record.shard, []).append(document)
+        answered: list[list[Candidate]] = [[] for _ in questions]
+        for (i, shard, score), (text, confidence) in zip(pairs, scored, strict=True):
+            answer = Candidate(shard, held.get(shard, []), text.strip(), confidence, score)
+            answered[i].append(answer)
+        return answered
+
     def stream(
-        self, question: str, *, max_new_tokens: int = 128, shards_per_question: int | None = None
+        self,
+        question: str,
+        *,
+        max_new_tokens: int = 128,
+        shards_per_question: int | None = None,
+        selection: Literal["router", "confidence"] | None = None,
     ) -> Iterator[str]:
-        """Like `ask`, yielding text as it is generated. Other calls on this memory wait
+        """Like `ask`, yielding text as it is generated (a self-routed answer comes whole:
+        it is chosen once every candidate has answered). Other calls on this memory wait
         until the stream is exhausted or closed (`close()`, or leaving a `for` loop early)."""
         check_max_new_tokens(max_new_tokens)
         _check_query(question, "question")
-        shards = self._shards_per_question(shards_per_question)
-        return self._stream_routed(question, max_new_tokens, shards)
+        routing = self._routing(shards_per_question, selection)
+        if routing.selection == "confidence":
+            return iter([self.ask(question, max_new_tokens=max_new_tokens, selection=selection)])
+        return self._stream_routed(question, max_new_tokens, routing.shards_per_question)
 
     def _stream_routed(self, question: str, max_new_tokens: int, shards: int) -> Iterator[str]:
         with self._model_lock:
@@ -502,14 +579,25 @@ class ParametricMemory:
                 lambda: answer(prompts, routing_texts, max_new_tokens, shards)
             )
 
-    def _shards_per_question(self, asked: int | None) -> int:
-        if asked is None:
-            return self._manifest.config.routing.shards_per_question
-        if isinstance(asked, bool) or not isinstance(asked, int) or not 1 <= asked <= 16:
-            raise InvalidArgumentError(
-                f"shards_per_question must be an integer from 1 to 16, got {asked!r}"
-            )
-        return asked
+    def _routing(self, shards: int | None, selection: str | None) -> RoutingConfig:
+        """The memory's `RoutingConfig` with this call's choices, refused in one line. Asking
+        for several shards a question routes by the router alone."""
+        routing = self._manifest.config.routing
+        update: dict[str, object] = {}
+        if shards is not None:
+            update["shards_per_question"] = _count(shards, "shards_per_question")
+            if shards != 1:
+                update["selection"] = "router"
+        if selection is not None:
+            if selection not in ("router", "confidence"):
+                raise InvalidArgumentError(
+                    f"selection must be 'router' or 'confidence', got {selection!r}"
+                )
+            update["selection"] = selection
+        chosen = routing.model_copy(update=update)
+        if chosen.selection == "confidence" and chosen.shards_per_question != 1:
+            raise InvalidArgumentError("selection 'confidence' answers with one shard a question")
+        return chosen
 
     def _composed_answers(
         self, prompts: list[str], routing_texts: list[str], max_new_tokens: int, shards: int
@@ -522,33 +610,47 @@ class ParametricMemory:
 
     def _composed_rows(self, routing_texts: list[str], shards: int) -> list[WeightedAdapters]:
         """Each routing text's top `shards` shards' saved weights, with their weights in its
-        sum (`RoutingConfig.weights`); a shard that holds nothing yet adds nothing."""
+        sum (`RoutingConfig.weights`)."""
         mode = self._manifest.config.routing.weights
         ranked = self._router().ranked_shards(routing_texts, shards)
-        states: dict[int, dict | None] = {}
-        rows = []
-        for question in ranked:
-            row = []
-            for shard, weight in composition_weights(question, mode):
-                if shard not in states:
-                    path = store.shard_weights(self.root, self._manifest, shard)
-                    states[shard] = None if path is None else self._cached_weights(path)
-                if states[shard] is not None:
-                    row.append((states[shard], weight))
-            rows.append(row)
+        rows = [self._weighted(composition_weights(question, mode)) for question in ranked]
         self._ensure_adapter()
         return rows
+
+    def _weighted(self, shards: Sequence[tuple[int, float]]) -> WeightedAdapters:
+        """The saved weights of `shards` with their weights in a sum; a shard that holds
+        nothing yet adds nothing."""
+        row = []
+        for shard, weight in shards:
+            path = store.shard_weights(self.root, self._manifest, shard)
+            if path is not None:
+                row.append((self._cached_weights(path), weight))
+        return row
 
     def _answers(
         self, prompts: list[str], routing_texts: list[str], max_new_tokens: int, _shards: int = 1
     ) -> list[str]:
+        """Each prompt with its routed shard's weights: a shard with many prompts merged for
+        their batch, the others' prompts in shared batches, each row with its own adapter."""
         shards = self._router().shards_for(routing_texts)
         answers = [""] * len(prompts)
+        few = []
         for shard in sorted(set(shards)):
             picked = [i for i, s in enumerate(shards) if s == shard]
+            if len(picked) < _MERGED_GROUP and len(set(shards)) > 1:
+                few += picked
+                continue
             with self._answering_with(shard):
                 texts = generate(self._lm, [prompts[i] for i in picked], max_new_tokens, 16)
             for index, text in zip(picked, texts, strict=True):
+                answers[index] = text.strip()
+        if few:
+            rows = [self._weighted([(shards[i], 1.0)]) for i in few]
+            self._ensure_adapter()
+            texts = generate(
+                self._lm, [prompts[i] for i in few], max_new_tokens, _ROW_BATCH, adapters=rows
+            )
+            for index, text in zip(few, texts, strict=True):
                 answers[index] = text.strip()
         return answers
 
@@ -592,10 +694,7 @@ class ParametricMemory:
     ) -> list[Recollection]:
         """`recall` of each query, queries routed to one shard generated in one batch."""
         check_max_new_tokens(max_new_tokens)
-        if isinstance(queries, str):
-            raise InvalidArgumentError("queries must be a list of strings: use recall() for one")
-        for query in queries:
-            _check_query(query, "query")
+        _check_queries(queries, "queries", "recall()")
         prompts = [RECALL_TEMPLATE.format(query=q.strip().rstrip("?.!")) for q in queries]
         texts = self._generate_routed(prompts, list(queries), max_new_tokens)
         router = self._router()
@@ -700,6 +799,23 @@ def _sound_committed_state(root: Path, manifest: store.Manifest) -> store.Manife
             break
         manifest = latest
     raise CorruptMemoryError(f"{root}: {problems[0]}; run `verify`")
+
+
+def _count(value: object, label: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 16:
+        raise InvalidArgumentError(f"{label} must be an integer from 1 to 16, got {value!r}")
+    return value
+
+
+def _check_queries(texts: object, label: str, single: str) -> None:
+    """A list of query strings, each one checked; one string is refused (`single` takes it)."""
+    if isinstance(texts, str):
+        raise InvalidArgumentError(
+            f"{label} must be a list of strings, got one string {reprlib.repr(texts)}: "
+            f"use {single} for one"
+        )
+    for text in texts:  # type: ignore[attr-defined]
+        _check_query(text, label[:-1])
 
 
 def _check_query(text: object, label: str) -> None:

@@ -3,7 +3,8 @@
 # (../../../../shared/GPU.md): call 1 carries .gpu/a (part00 + gguf, bm25s, PyStemmer wheels)
 # and runs `bash benchmarks/results/compaction/run_gpu.sh setup-a`; call 2 carries .gpu/b
 # (part01, liger-kernel wheel, squad-dev.jsonl) and runs `... setup-b`, then `... tests` (the
-# CUDA equivalence tests) and `... run PHASES` on the warm machine. Results under /root/res, copied to $OUT.
+# CUDA equivalence tests), `... run PHASES`, `... answering` (benchmarks/answering.py on the
+# level-0 memory) and `... coverage` on the warm machine. Results under /root/res, copied to $OUT.
 set -u
 step=$1; shift
 if [ "$step" = setup-a ]; then
@@ -25,13 +26,14 @@ if [ "$step" = tests ]; then  # the CUDA equivalence tests (they skip on a CPU)
     tests/test_merged_adapter.py tests/test_parallel_shards.py tests/test_house_plan.py \
     -k "cuda or CUDA or graph or fused or merged or slot or together" 2>&1 | tail -15
   # top-k composition answers on the CUDA backend (per-row adapters, model.generate)
-  timeout ${LIMIT:-240} python3 -m pytest -q -x -p no:cacheprovider tests/test_composition.py 2>&1 | tail -5
+  timeout ${LIMIT:-240} python3 -m pytest -q -x -p no:cacheprovider tests/test_composition.py tests/test_self_routing.py 2>&1 | tail -5
   exit 0
 fi
 if [ "$step" = coverage ]; then  # the level-0 memory of LABEL: what its transfer set taught
   R=/root/res/${LABEL:-n1048}
+  RECORDS=$R/records-level0.json; [ -f $R/answering/records-top1.json ] && RECORDS=$R/answering/records-top1.json
   PYTHONPATH=$PWD/src:$PWD/benchmarks python3 benchmarks/coverage.py /root/mem/${LABEL:-n1048}/level0 \
-    --questions /root/m/squad-dev.jsonl --records $R/records-level0.json --out $R/coverage 2>&1 | tail -3
+    --questions /root/m/squad-dev.jsonl --records $RECORDS --out $R/coverage 2>&1 | tail -3
   cp $R/coverage/coverage.md $OUT/ 2>/dev/null; cat $R/coverage/coverage.md 2>/dev/null | head -40
   exit 0
 fi
@@ -40,11 +42,20 @@ export PYTHONPATH=$PWD/src:$PWD/benchmarks OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 R=/root/res; mkdir -p $R
 cd benchmarks
+if [ "$step" = answering ]; then  # answering.py on the level-0 memory of LABEL (issue 26)
+  A=$R/${LABEL:-n1048}/answering; mkdir -p $A
+  timeout -k 15 ${LIMIT:-540} python3 answering.py --data /root/m/squad-dev.jsonl --n ${N:-1048} \
+    --questions-per-doc ${Q:-1} --modes ${MODES:-top1,top2,top3,confidence,rag,in-prompt,base} \
+    --memory /root/mem/${LABEL:-n1048}/level0 --out $A >> $A.log 2>&1
+  echo "exit $?"; grep -vE "it/s\]|Warning|warn" $A.log | tail -8 | cut -c1-250
+  cp $A/answering.* $A.log $OUT/ 2>/dev/null; cat $A/answering.md 2>/dev/null
+  exit 0
+fi
 timeout -k 15 ${LIMIT:-540} python3 compaction.py --data /root/m/squad-dev.jsonl --n ${N:-1048} \
   --questions-per-doc ${Q:-1} --sizes ${SIZES:-32} --phases "$1" --config "${CONFIG:-{\}}" --compaction "${COMPACTION:-{\}}" \
   --variants "${VARIANTS:-{\"\": {\}\}}" --shards-per-question ${K:-1} \
   --memory /root/mem/${LABEL:-n1048} --out $R/${LABEL:-n1048} >> $R/${LABEL:-n1048}.log 2>&1
 echo "exit $?"
 grep -vE "it/s\]|Warning|warn" $R/${LABEL:-n1048}.log | tail -15 | cut -c1-250
-cp $R/${LABEL:-n1048}/compaction.* $OUT/ 2>/dev/null; cp $R/${LABEL:-n1048}.log $OUT/ 2>/dev/null
+L=${LABEL:-n1048}; cp $R/$L/compaction.json $OUT/$L-compaction.json 2>/dev/null; cp $R/$L.log $OUT/ 2>/dev/null
 cat $R/${LABEL:-n1048}/compaction.md 2>/dev/null

@@ -93,14 +93,10 @@ def generate(
     each user's own weighted sum of saved adapters (`row_adapters`) instead of the model's
     adapter; such batches decode through `model.generate` (a captured graph would keep the
     first batch's weights)."""
-    if adapters is not None and len(adapters) != len(users):
-        raise ValueError(f"{len(users)} users need as many adapter lists, got {len(adapters)}")
-    tokenizer = lm.tokenizer
-    encoded = encode_prompts(tokenizer, users)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    _check_rows(users, adapters)
+    encoded = encode_prompts(lm.tokenizer, users)
     answers = [""] * len(encoded)
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
+    for batch in _length_batches(encoded, batch_size):
         prompts = [encoded[i] for i in batch]
         if adapters is None:
             texts = _generate_batch(lm, prompts, max_new_tokens, compile_decode)
@@ -112,6 +108,84 @@ def generate(
     return answers
 
 
+def generate_scored(
+    lm: LoadedModel,
+    users: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int,
+    adapters: Sequence[WeightedAdapters],
+) -> list[tuple[str, float]]:
+    """Greedy answers to `users`, each with its own adapters (as `generate`), and the model's
+    confidence in each: the mean log-probability of the answer's tokens (up to and with its
+    end-of-answer token) under the weights that wrote it."""
+    _check_rows(users, adapters)
+    encoded = encode_prompts(lm.tokenizer, users)
+    scored: list[tuple[str, float]] = [("", 0.0)] * len(encoded)
+    for batch in _length_batches(encoded, batch_size):
+        prompts = [encoded[i] for i in batch]
+        with RowAdapters(lm.model, [adapters[i] for i in batch]).attached():
+            pairs = _scored_batch(lm, prompts, max_new_tokens)
+        for index, pair in zip(batch, pairs, strict=True):
+            scored[index] = pair
+    return scored
+
+
+def _check_rows(users: Sequence[str], adapters: Sequence[WeightedAdapters] | None) -> None:
+    if adapters is not None and len(adapters) != len(users):
+        raise ValueError(f"{len(users)} users need as many adapter lists, got {len(adapters)}")
+
+
+def _length_batches(encoded: list[list[int]], batch_size: int) -> Iterator[list[int]]:
+    """Indices of `encoded` in batches of `batch_size`, prompts of similar length together."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
+def _left_padded(lm: LoadedModel, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    pad = lm.tokenizer.pad_token_id
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=lm.device)
+    attention = torch.tensor(
+        [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=lm.device
+    )
+    return input_ids, attention
+
+
+@torch.inference_mode()
+def _scored_batch(
+    lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int
+) -> list[tuple[str, float]]:
+    input_ids, attention = _left_padded(lm, prompts)
+    eos = lm.tokenizer.eos_token_id
+    output = lm.model.generate(
+        input_ids=input_ids,
+        attention_mask=attention,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=lm.tokenizer.pad_token_id,
+        eos_token_id=eos,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    tokens = output.sequences[:, input_ids.shape[1] :]
+    logits = torch.stack(output.logits, dim=1).float()  # [rows, steps, vocab]
+    chosen = logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    texts = lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    return [
+        (text, answer_confidence(row_logprobs, row_tokens, eos))
+        for text, row_logprobs, row_tokens in zip(texts, chosen, tokens, strict=True)
+    ]
+
+
+def answer_confidence(logprobs: torch.Tensor, tokens: torch.Tensor, eos: int | None) -> float:
+    """Mean log-probability of an answer's tokens up to and with its first end-of-answer
+    token (the padding after it is no part of the answer)."""
+    ends = (tokens == eos).nonzero() if eos is not None else tokens.new_empty(0, 1)
+    length = int(ends[0, 0]) + 1 if len(ends) else len(tokens)
+    return float(logprobs[:length].mean()) if length else 0.0
+
+
 @torch.inference_mode()
 def _generate_batch(
     lm: LoadedModel,
@@ -121,11 +195,8 @@ def _generate_batch(
     fast: bool = True,
 ) -> list[str]:
     pad = lm.tokenizer.pad_token_id
-    width = max(len(p) for p in prompts)
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=lm.device)
-    attention = torch.tensor(
-        [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=lm.device
-    )
+    input_ids, attention = _left_padded(lm, prompts)
+    width = input_ids.shape[1]
     eos = lm.tokenizer.eos_token_id
     if fast and _use_fast_decode(lm):
         output = greedy_generate(

@@ -1,0 +1,232 @@
+"""Answering measured (issue 26): one memory's ways of answering beside RAG and the passage in
+the prompt, on the same model and device, in one run — accuracy, throughput over all the
+questions at a batch size, latency one question at a time, peak GPU memory.
+
+    python benchmarks/answering.py --memory /root/mem/n1048/level0 --n 1048 \\
+        --questions-per-doc 1 --out /root/res/answering
+
+The memory is one `benchmarks/compaction.py` ingested (same --n, --questions-per-doc: the
+same sampled passages). Modes: top1, top2, top3 (`shards_per_question`), confidence
+(self-routing: `answer_candidates`, the surest of the router's top 3; also scored: the
+router's first candidate and whether any candidate holds the answer), rag (BM25's top 3
+passages in the prompt), in-prompt (the gold passage), base (the question alone). Only the
+public API is used; per-question records go to OUT/records-<mode>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from common import MAX_ANSWER_TOKENS, load_documents, open_book_prompt
+from metrics import estimate
+from quality import RAG_TOP_K, SQUAD, questions_of, sample_documents, score_records
+from retrieval import rank_passages
+
+from parametric_memory import Candidate, ParametricMemory
+from parametric_memory.engine.generation import generate
+from parametric_memory.engine.models import LoadedModel, load_model
+
+MODES = ("top1", "top2", "top3", "confidence", "rag", "in-prompt", "base")
+CANDIDATES = 3
+log = logging.getLogger("answering")
+
+Answerer = Callable[[Sequence[str]], list[str]]
+
+
+def main() -> None:
+    args = _parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args.out.mkdir(parents=True, exist_ok=True)
+    documents = sample_documents(load_documents(args.data), args.n, 0, args.questions_per_doc)
+    questions = questions_of(documents, range(len(documents)))
+    memory = ParametricMemory.open(args.memory)
+    result = {"memory": str(args.memory), "batch": args.batch, "rows": {}}
+    for mode in args.modes:
+        answerer, prompts = _mode(mode, memory, documents, questions, args)
+        row, records = measure(answerer, prompts, documents, questions, args.latency_questions)
+        result["rows"][mode] = row
+        (args.out / f"records-{mode}.json").write_text(json.dumps(records, ensure_ascii=False))
+        if isinstance(answerer, _SelfRouted):
+            rows = candidate_rows(answerer.largest, questions, documents, args.out)
+            result["rows"].update(rows)
+        log.info("%s: %s", mode, row)
+        (args.out / "answering.json").write_text(json.dumps(result, indent=1))
+        (args.out / "answering.md").write_text(render_markdown(result))
+
+
+def _mode(
+    mode: str,
+    memory: ParametricMemory,
+    documents: list[dict],
+    questions: list[tuple[int, int, dict]],
+    args: argparse.Namespace,
+) -> tuple[Answerer, list[str]]:
+    """How `mode` answers, and the texts it is handed (questions, or prompts with passages)."""
+    texts = [q["question"] for _, _, q in questions]
+    if mode.startswith("top"):
+        k = int(mode[3:])
+        return lambda batch: memory.ask_batch(
+            list(batch), max_new_tokens=MAX_ANSWER_TOKENS, shards_per_question=k
+        ), texts
+    if mode == "confidence":
+        return _SelfRouted(memory), texts
+    base = _base_model(memory)
+    if mode == "base":
+        prompts = texts
+    elif mode == "in-prompt":
+        prompts = [open_book_prompt([documents[i]["text"]], q["question"]) for i, _, q in questions]
+    else:
+        ranked = rank_passages([d["text"] for d in documents], texts, RAG_TOP_K)
+        prompts = [
+            open_book_prompt([documents[k]["text"] for k in top], text)
+            for top, text in zip(ranked, texts, strict=True)
+        ]
+    return lambda batch: [
+        a.strip() for a in generate(base, list(batch), MAX_ANSWER_TOKENS, args.batch)
+    ], prompts
+
+
+class _SelfRouted:
+    """Self-routed answers (`answer_candidates`, the surest kept, as `ask_batch` with
+    selection "confidence" keeps it); the largest call's candidates stay for
+    `candidate_rows`."""
+
+    def __init__(self, memory: ParametricMemory) -> None:
+        self._memory = memory
+        self.largest: list[list[Candidate]] = []
+
+    def __call__(self, batch: Sequence[str]) -> list[str]:
+        answered = self._memory.answer_candidates(
+            list(batch), candidates=CANDIDATES, max_new_tokens=MAX_ANSWER_TOKENS
+        )
+        if len(answered) >= len(self.largest):
+            self.largest = answered
+        return [max(cs, key=lambda c: c.confidence).answer for cs in answered]
+
+
+@functools.cache
+def _base_model(memory: ParametricMemory) -> LoadedModel:
+    """The memory's base model without its adapter, loaded once (the prompt baselines)."""
+    return load_model(memory.config)
+
+
+def measure(
+    answer: Answerer,
+    prompts: list[str],
+    documents: list[dict],
+    questions: list[tuple[int, int, dict]],
+    latency_questions: int,
+) -> tuple[dict, list[dict]]:
+    """Accuracy and throughput over all prompts in one call; latency of the first
+    `latency_questions` one at a time (after one warm-up call)."""
+    answer(prompts[:1])
+    _reset_peak()
+    started = time.perf_counter()
+    answers = answer(prompts)
+    seconds = time.perf_counter() - started
+    peak = _peak_gib()
+    latencies = []
+    for prompt in prompts[:latency_questions]:
+        started = time.perf_counter()
+        answer([prompt])
+        latencies.append(time.perf_counter() - started)
+    records = score_records(documents, questions, answers)
+    row = {
+        "questions": len(records),
+        "contains": estimate([r["contains"] for r in records]),
+        "f1": estimate([r["f1"] for r in records]),
+        "seconds": round(seconds, 2),
+        "questions_per_s": round(len(records) / seconds, 2),
+        "p50_s": round(statistics.median(latencies), 4) if latencies else None,
+        "p95_s": round(_quantile(latencies, 0.95), 4) if latencies else None,
+        "peak_gib": peak,
+    }
+    return row, records
+
+
+def candidate_rows(
+    answered: list[list[Candidate]],
+    questions: list[tuple[int, int, dict]],
+    documents: list[dict],
+    out: Path,
+) -> dict[str, dict]:
+    """Of the self-routed candidates: the router's first one alone, and whether any of them
+    holds the answer (what a perfect chooser among them would reach)."""
+    keep = [[dataclasses.asdict(c) for c in candidates] for candidates in answered]
+    (out / "candidates.json").write_text(json.dumps(keep, ensure_ascii=False))
+    first = score_records(documents, questions, [cs[0].answer for cs in answered])
+    any_right = [
+        max(score_records(documents, [question], [c.answer])[0]["contains"] for c in cs)
+        for question, cs in zip(questions, answered, strict=True)
+    ]
+    return {
+        "candidates-first": {"contains": estimate([r["contains"] for r in first])},
+        f"candidates-any-of-{CANDIDATES}": {"contains": estimate(any_right)},
+    }
+
+
+def _reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_gib() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.synchronize()
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def render_markdown(result: dict) -> str:
+    lines = [
+        f"Answering, memory `{result['memory']}`, batch {result['batch']}",
+        "",
+        "| mode | contains gold [95% CI] | questions/s | p50 s | p95 s | peak GiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for mode, row in result["rows"].items():
+        mean, (low, high) = row["contains"]["mean"], row["contains"]["ci95"]
+        timing = [row.get(key, "") for key in ("questions_per_s", "p50_s", "p95_s", "peak_gib")]
+        lines.append(
+            f"| {mode} | {100 * mean:.1f}% [{100 * low:.1f}-{100 * high:.1f}] | "
+            + " | ".join(str(t) for t in timing)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--memory", type=Path, required=True, help="a level-0 memory folder")
+    parser.add_argument("--data", type=Path, default=SQUAD)
+    parser.add_argument("--n", type=int, default=100, help="passages sampled (as the ingest)")
+    parser.add_argument("--questions-per-doc", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=64, help="prompt baselines' batch size")
+    parser.add_argument("--latency-questions", type=int, default=32)
+    parser.add_argument("--modes", default=",".join(MODES), help="a list of " + ",".join(MODES))
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(args.modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
+    return args
+
+
+if __name__ == "__main__":
+    main()
