@@ -309,4 +309,3 @@ def test_a_named_file_that_is_not_text_is_refused_before_anything(
     assert_one_line_error(result, 1, fragment)
     assert str(path) in result.stderr
     assert not (tmp_path / "m").exists()
-

@@ -501,7 +501,8 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     for document_id, record in documents:
         described = ", ".join(f"{key}={value}" for key, value in sorted(record.metadata.items()))
-        print("\t".join(filter(None, (document_id, f"shard {record.shard}", described))))
+        shards = "shard " + ",".join(map(str, record.shards))
+        print("\t".join(filter(None, (document_id, shards, described))))
     return 0
 
 

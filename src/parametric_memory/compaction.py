@@ -34,13 +34,18 @@ logger = logging.getLogger(__name__)
 
 
 def level_zero(manifest: store.Manifest) -> dict[str, store.DocumentRecord]:
-    """The documents not yet compacted, in the manifest's order."""
+    """The documents not yet compacted, in the manifest's order. A long document's sections
+    are shards of many chunks already: compaction leaves them as they are."""
     compacted = set(manifest.compacted_shards)
-    return {doc: rec for doc, rec in manifest.documents.items() if rec.shard not in compacted}
+    return {
+        doc: rec
+        for doc, rec in manifest.documents.items()
+        if not rec.sections and rec.shard not in compacted
+    }
 
 
 def shard_count(manifest: store.Manifest) -> int:
-    return len({record.shard for record in manifest.documents.values()})
+    return len({shard for record in manifest.documents.values() for shard in record.shards})
 
 
 class Compaction:
@@ -95,7 +100,7 @@ class Compaction:
         """Consolidate `groups` into new shards and commit them in place of their documents'
         level-0 shards."""
         manifest = self.memory.manifest
-        first = max((r.shard for r in manifest.documents.values()), default=-1) + 1
+        first = max((s for r in manifest.documents.values() for s in r.shards), default=-1) + 1
         shards = list(range(first, first + len(groups)))
         staging = store.staging_folder(self.memory.root)
         try:

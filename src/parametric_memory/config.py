@@ -115,9 +115,9 @@ class ConsolidationConfig(_Config):
     replay_ratio: float = Field(8.0, ge=0.0, le=64.0)
     """Earlier transfer items of the same shard mixed into each transformation, as a multiple
     of the new items' count (capped by what the shard holds: with 4 documents a shard, 8
-    replays all of it). With a shard per document (the default) it replays a long
-    document's earlier transformations (`chunks_per_transformation` chunks each). 0
-    disables rehearsal and lets new chunks or documents overwrite old ones."""
+    replays all of it). With a shard per document (the default) nothing is replayed: a
+    long document's sections each train a shard of their own. 0 disables rehearsal and
+    lets new chunks or documents overwrite old ones."""
     teacher_top_k: int = Field(64, ge=1, le=100_000)
     """Teacher distribution kept per answer token: the top-k probabilities plus the tail mass.
     Computed once per item and reused across epochs."""
@@ -135,8 +135,11 @@ class ConsolidationConfig(_Config):
     """How shard weights are stored on disk. Training keeps float32 weights either way;
     bfloat16 halves a shard's bytes, and the model answers in bfloat16 on a GPU anyway."""
     chunks_per_transformation: int = Field(8, ge=1, le=4096)
-    """Chunks consolidated together in one memory transformation T_i. Bounds the RAM a long
-    document needs; a document is committed to disk once all its chunks are consolidated."""
+    """Chunks consolidated together in one memory transformation T_i. With a shard per
+    document it is also a long document's section: the document is cut into sections of
+    at most this many consecutive chunks (moved to nearby headings), each consolidated
+    jointly into a shard of its own and committed alone, so an interrupted ingest resumes
+    at the first section not committed; a question routes to sections as to documents."""
 
 
 class ShardingConfig(_Config):

@@ -5,6 +5,7 @@ runs the same plan over several and commits once."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -24,7 +25,7 @@ from .engine.background_writes import BackgroundWrites
 from .engine.models import LoadedModel
 from .errors import InvalidDocumentError
 from .ingest_progress import IngestBar, reporting_to
-from .method.chunking import chunk_document
+from .method.chunking import chunk_document, section_starts
 from .method.consolidate import reset_adapter
 from .method.transformation import transform, transform_fresh_documents
 from .records import Chunk, CompactionReport, Document, TransferItem, batches
@@ -98,7 +99,8 @@ class IngestReport:
     """What the compaction this ingest set off did, if it set one off."""
 
     def count(self, document_id: str, chunks: list[Chunk], items: list[TransferItem]) -> None:
-        self.added.append(document_id)
+        if document_id not in self.added:  # a long document is counted once per section
+            self.added.append(document_id)
         self.chunks += len(chunks)
         self.transfer_items += len(items)
 
@@ -142,35 +144,40 @@ class Ingest:
         if per_shard == 1:
             todo = self._fewest_chunks_first(todo)
         closed = set(memory.manifest.compacted_shards)
-        self.shards = plan_shards(memory.manifest.documents, todo, per_shard, closed)
+        self.shards = plan_shards(
+            memory.manifest.documents, todo, per_shard, closed, self._sections_to_consolidate
+        )
         """The new documents of each shard, in the order they are consolidated."""
+        self._sections = self._planned_sections()
+        """Each shard that takes one section of a long document: the section's number."""
         self._bar = IngestBar(0, 0, show=False)
         """Where the transformations under way are shown (`run` shows one)."""
 
     def new_documents(self) -> list[Document]:
-        return [document for documents in self.shards.values() for document in documents]
+        planned = [document for documents in self.shards.values() for document in documents]
+        return list({document.id: document for document in planned}.values())
 
     def run(self, progress: bool) -> IngestReport:
         """Consolidate every planned document, committing after each one (after each group,
         for fresh shards consolidated together: its files are written and committed in the
         background while the next group is consolidated)."""
-        documents = self.new_documents()
-        chunks = sum(len(self._chunk(document)) for document in documents)
-        self._bar = IngestBar(chunks, len(documents), progress)
+        units = [(shard, document) for shard, docs in self.shards.items() for document in docs]
+        chunks = sum(len(self._chunks_in(shard, document)) for shard, document in units)
+        self._bar = IngestBar(chunks, len(self.new_documents()), progress)
         held_by_adapter = None
         with self._bar, reporting_to(self.memory.lm, self._bar), BackgroundWrites() as writes:
             for together, shards in self._work_order(list(self.shards)):
                 if together:
                     self._add_together(shards, writes)
                     held_by_adapter = shards[-1]
-                    self._bar.committed(len(shards))
+                    self._bar.committed(self._documents_finished(shards))
                     continue
                 writes.wait()  # a together group's commit lands before this shard's
                 held_by_adapter = None
                 self.memory.activate(shards[0])
                 for document in self.shards[shards[0]]:
                     self._add_document(document, shards[0])
-                    self._bar.committed(1)
+                    self._bar.committed(int(self._finishes(shards[0], document)))
             writes.wait()
         if held_by_adapter is not None:  # committed now: the adapter holds its weights
             self.memory.adapter_holds(held_by_adapter)
@@ -199,7 +206,8 @@ class Ingest:
         saved under `staging`; the held records take in the new ones."""
         documents = dict(self.memory.manifest.documents)
         for result in sorted(results, key=lambda result: result.shard):
-            documents.update(result.records)
+            for document_id, record in result.records.items():
+                documents[document_id] = _with_section(documents.get(document_id), record)
             self.held_chunks.update({chunk.id: chunk for chunk in result.chunks})
             self.held_items.extend(result.items)
         changed = {result.shard for result in results}
@@ -219,7 +227,12 @@ class Ingest:
         held_hashes = {record.content_hash for record in held.values()}
         todo, seen = [], set()
         for document in documents:
-            if document.content_hash in held_hashes or document.content_hash in seen:
+            record = held.get(document.id)
+            resumed = record is not None and record.content_hash == document.content_hash
+            if resumed and not record.complete and document.content_hash not in seen:
+                todo.append(document)  # a long document whose ingest was interrupted
+                seen.add(document.content_hash)
+            elif document.content_hash in held_hashes or document.content_hash in seen:
                 self.report.skipped.append(document.id)
             elif document.id in held:
                 raise InvalidDocumentError(
@@ -253,7 +266,7 @@ class Ingest:
             return (
                 len(documents) == 1
                 and store.shard_weights(self.memory.root, self.memory.manifest, shard) is None
-                and len(self._chunk(documents[0])) <= limit
+                and len(self._chunks_in(shard, documents[0])) <= limit
             )
 
         return group_shards(shards, fits_together, width)
@@ -270,6 +283,74 @@ class Ingest:
                 lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
             )
         return self._chunks_of[key]
+
+    # --- a long document's sections -----------------------------------------------------
+    def _section_starts(self, document: Document) -> list[int]:
+        """Where the document's sections begin: a shard per document cuts one longer than a
+        transformation into sections of consecutive chunks (`chunking.section_starts`),
+        each consolidated into a shard of its own, never a long chain in one adapter."""
+        chunks = self._chunk(document)
+        limit = self.config.consolidation.chunks_per_transformation
+        if self.config.sharding.documents_per_shard != 1 or len(chunks) <= limit:
+            return [0]
+        return section_starts([chunk.text for chunk in chunks], limit)
+
+    def _sections_done(self, document: Document) -> int:
+        """Sections of `document` an interrupted ingest committed already."""
+        record = self.memory.manifest.documents.get(document.id)
+        same = record is not None and record.content_hash == document.content_hash
+        return len(record.sections) if same else 0
+
+    def _sections_to_consolidate(self, document: Document) -> int:
+        return len(self._section_starts(document)) - self._sections_done(document)
+
+    def _planned_sections(self) -> dict[int, int]:
+        sections: dict[int, int] = {}
+        seen: dict[str, int] = {}
+        for shard in sorted(self.shards):
+            document = self.shards[shard][0]
+            if len(self._section_starts(document)) > 1:
+                number = seen.get(document.id, self._sections_done(document))
+                sections[shard], seen[document.id] = number, number + 1
+        return sections
+
+    def _documents_finished(self, shards: list[int]) -> int:
+        """Documents whose last planned shard is among `shards` (a long one's last section)."""
+        return sum(self._finishes(s, d) for s in shards for d in self.shards[s])
+
+    def _finishes(self, shard: int, document: Document) -> bool:
+        return self._last_shards[document.id] == shard
+
+    @functools.cached_property
+    def _last_shards(self) -> dict[str, int]:
+        return {d.id: shard for shard in sorted(self.shards) for d in self.shards[shard]}
+
+    def _chunks_in(self, shard: int, document: Document) -> list[Chunk]:
+        """The chunks of `document` that `shard` consolidates: all, or one section's."""
+        chunks = self._chunk(document)
+        if shard not in self._sections:
+            return chunks
+        starts = [*self._section_starts(document), len(chunks)]
+        number = self._sections[shard]
+        return chunks[starts[number] : starts[number + 1]]
+
+    def _rng(self, shard: int, document: Document) -> random.Random:
+        seed = f"{self.config.seed}:{document.content_hash}"
+        if shard in self._sections:
+            seed += f":section {self._sections[shard]}"
+        return random.Random(seed)
+
+    def _record(
+        self, shard: int, document: Document, chunks: list[Chunk], items: list[TransferItem]
+    ) -> store.DocumentRecord:
+        """The record of what `shard` consolidated of `document` (one section of a long one:
+        `_with_section` adds it to the document's record)."""
+        record = _record(document, shard, chunks, items)
+        if shard not in self._sections:
+            return record
+        section = store.Section(first_chunk=chunks[0].index, shard=shard)
+        planned = len(self._section_starts(document))
+        return record.model_copy(update={"sections": [section], "sections_planned": planned})
 
     # --- fresh one-document shards, many at once ----------------------------------------
     def _add_together(self, shards: list[int], writes: BackgroundWrites) -> None:
@@ -328,13 +409,12 @@ class Ingest:
         saves each shard's weights under `folder`. Nothing is committed."""
         config, lm = self.config, self.memory.lm
         documents = [self.shards[shard][0] for shard in shards]
-        chunks = [self._chunk(document) for document in documents]
-        rngs = [random.Random(f"{config.seed}:{d.content_hash}") for d in documents]
+        chunks = [self._chunks_in(s, d) for s, d in zip(shards, documents, strict=True)]
+        rngs = [self._rng(s, d) for s, d in zip(shards, documents, strict=True)]
         self.memory.adapter_holds(None)  # the adapter is about to hold uncommitted weights
         reset_adapter(lm, config.seed)
-        label = documents[0].id
-        if len(documents) > 1:
-            label += f" and {len(documents) - 1} more"
+        named = list(dict.fromkeys(document.id for document in documents))  # sections: once
+        label = named[0] + (f" and {len(named) - 1} more" if len(named) > 1 else "")
         with self._bar.transformation(sum(map(len, chunks)), label):
             outcomes, slots = transform_fresh_documents(lm, chunks, config, rngs)
         folders = [folder / store.shard_dir(shard) for shard in shards]
@@ -343,7 +423,7 @@ class Ingest:
         results = []
         for slot, (shard, document) in enumerate(zip(shards, documents, strict=True)):
             selected = outcomes[slot].selected
-            record = _record(document, shard, chunks[slot], selected)
+            record = self._record(shard, document, chunks[slot], selected)
             results.append(ShardResult(shard, {document.id: record}, chunks[slot], selected))
         slots.copy_to_adapter(len(shards) - 1)  # the adapter holds the last shard's weights
 
@@ -358,13 +438,12 @@ class Ingest:
     def _add_document(self, document: Document, shard: int) -> None:
         """Consolidate one document into the active `shard` and commit it."""
         shard_items = self._items_of_shard(shard)
-        chunks, items = self._consolidate(document, self.held_chunks, shard_items)
+        chunks, items = self._consolidate(shard, document, self.held_chunks, shard_items)
         self.held_chunks.update({chunk.id: chunk for chunk in chunks})
         self.held_items.extend(items)
-        documents = {
-            **self.memory.manifest.documents,
-            document.id: _record(document, shard, chunks, items),
-        }
+        documents = dict(self.memory.manifest.documents)
+        record = self._record(shard, document, chunks, items)
+        documents[document.id] = _with_section(documents.get(document.id), record)
         self.memory.commit(documents, shard, self.held_chunks, self.held_items)
         self.report.count(document.id, chunks, items)
 
@@ -377,10 +456,10 @@ class Ingest:
         result = ShardResult(shard)
         try:
             for document in self.shards[shard]:
-                chunks, items = self._consolidate(document, known_chunks, shard_items)
+                chunks, items = self._consolidate(shard, document, known_chunks, shard_items)
                 known_chunks.update({chunk.id: chunk for chunk in chunks})
                 shard_items = shard_items + items
-                result.records[document.id] = _record(document, shard, chunks, items)
+                result.records[document.id] = self._record(shard, document, chunks, items)
                 result.chunks.extend(chunks)
                 result.items.extend(items)
             save_adapter(
@@ -399,11 +478,15 @@ class Ingest:
         )
 
     def _consolidate(
-        self, document: Document, held_chunks: dict[str, Chunk], held_items: list[TransferItem]
+        self,
+        shard: int,
+        document: Document,
+        held_chunks: dict[str, Chunk],
+        held_items: list[TransferItem],
     ) -> tuple[list[Chunk], list[TransferItem]]:
         config = self.config
-        chunks = self._chunk(document)
-        rng = random.Random(f"{config.seed}:{document.content_hash}")
+        chunks = self._chunks_in(shard, document)
+        rng = self._rng(shard, document)
         items: list[TransferItem] = []
         # A later transformation replays items of this document's earlier chunks too.
         known_chunks = {**held_chunks, **{chunk.id: chunk for chunk in chunks}}
@@ -423,6 +506,25 @@ class Ingest:
 def _release_gpu_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _with_section(
+    held: store.DocumentRecord | None, new: store.DocumentRecord
+) -> store.DocumentRecord:
+    """`new`, or for a section of a long document whose other sections `held` records, the
+    document's record with the section added."""
+    if held is None or not new.sections or held.content_hash != new.content_hash:
+        return new
+    sections = sorted([*held.sections, *new.sections], key=lambda s: s.first_chunk)
+    return held.model_copy(
+        update={
+            "chunks": held.chunks + new.chunks,
+            "tokens": held.tokens + new.tokens,
+            "transfer_items": held.transfer_items + new.transfer_items,
+            "shard": sections[0].shard,
+            "sections": sections,
+        }
+    )
 
 
 def _record(

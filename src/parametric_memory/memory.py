@@ -325,7 +325,7 @@ class ParametricMemory:
         return _Writer(self)
 
     def _shards(self) -> list[int]:
-        return sorted({record.shard for record in self._manifest.documents.values()})
+        return sorted({s for record in self._manifest.documents.values() for s in record.shards})
 
     def _newest_shard(self) -> int:
         return max(self._shards(), default=0)
@@ -359,8 +359,8 @@ class ParametricMemory:
         """Commit a new state: `write_state` writes the changed shards and the records, the
         other shards' files are carried over as committed; `updates`: other manifest fields
         that change with it. Compacted shards no document is left in are dropped."""
-        unchanged = {r.shard for r in documents.values()} - changed_shards
-        held = {r.shard for r in documents.values()}
+        held = {shard for record in documents.values() for shard in record.shards}
+        unchanged = held - changed_shards
         compacted = (updates or {}).get("compacted_shards", self._manifest.compacted_shards)
         changes = {**(updates or {}), "documents": documents}
         changes["compacted_shards"] = [shard for shard in compacted if shard in held]
@@ -375,7 +375,8 @@ class ParametricMemory:
 
     def delete_document(self, document_id: str, *, progress: bool = True) -> None:
         """Remove a document and its influence: its shard's adapter is retrained from scratch
-        on the kept transfer items of the shard's other documents, then committed atomically."""
+        on the kept transfer items of the shard's other documents, then committed atomically
+        (a long document's section shards, which hold nothing else, are removed)."""
         self._warn_of_other_prompts()
         with store.storage_errors(self.root), self._model_lock, store.write_lock(self.root):
             chunk_records, item_records = self._refresh()
@@ -385,7 +386,7 @@ class ParametricMemory:
             documents = {k: v for k, v in self._manifest.documents.items() if k != document_id}
             chunks = {c.id: c for c in chunk_records if c.document_id in documents}
             items = [i for i in item_records if i.chunk_id in chunks]
-            shard_kept = any(r.shard == shard for r in documents.values())
+            shard_kept = any(shard in r.shards for r in documents.values())
             self._active_shard = None
             try:
                 if shard_kept:
@@ -493,7 +494,8 @@ class ParametricMemory:
         scored = generate_scored(self._lm, users, max_new_tokens, _ROW_BATCH, rows)
         held: dict[int, list[str]] = {}
         for document, record in self._manifest.documents.items():
-            held.setdefault(record.shard, []).append(document)
+            for shard in record.shards:
+                held.setdefault(shard, []).append(document)
         answered: list[list[Candidate]] = [[] for _ in questions]
         for (i, shard, score), (text, confidence) in zip(pairs, scored, strict=True):
             answer = Candidate(shard, held.get(shard, []), text.strip(), confidence, score)
@@ -680,8 +682,14 @@ class ParametricMemory:
         state = self._manifest.state
         if self._router_cache is None or self._router_cache[0] != state:
             chunks = store.read_chunks(self.root, self._manifest)
-            shard_of = {doc: record.shard for doc, record in self._manifest.documents.items()}
-            self._router_cache = (state, ShardRouter(chunks, shard_of))
+            documents = self._manifest.documents
+            shard_of = {doc: record.shard for doc, record in documents.items()}
+            sections = {
+                chunk.id: documents[chunk.document_id].shard_of_chunk(chunk.index)
+                for chunk in chunks
+                if chunk.document_id in documents and documents[chunk.document_id].sections
+            }
+            self._router_cache = (state, ShardRouter(chunks, shard_of, sections))
         return self._router_cache[1]
 
     def recall(self, query: str, *, max_new_tokens: int = 192) -> Recollection:

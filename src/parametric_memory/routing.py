@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 
 import numpy as np
@@ -56,12 +56,20 @@ def composition_weights(ranked: Sequence[tuple[int, float]], mode: str) -> list[
 
 
 class ShardRouter:
-    """A BM25 index over chunks, each labelled with the shard and document it belongs to."""
+    """A BM25 index over chunks, each labelled with the shard and document it belongs to:
+    its document's shard, or where `shard_of_chunk` names one (a long document's section),
+    that one."""
 
-    def __init__(self, chunks: Sequence[Chunk], shard_of_document: dict[str, int]) -> None:
+    def __init__(
+        self,
+        chunks: Sequence[Chunk],
+        shard_of_document: Mapping[str, int],
+        shard_of_chunk: Mapping[str, int] | None = None,
+    ) -> None:
+        sections = shard_of_chunk or {}
         self._chunks = [c for c in chunks if c.document_id in shard_of_document]
-        self._shards = [shard_of_document[c.document_id] for c in self._chunks]
-        self._fallback = max(shard_of_document.values(), default=0)
+        self._shards = [sections.get(c.id, shard_of_document[c.document_id]) for c in self._chunks]
+        self._fallback = max([*shard_of_document.values(), *sections.values()], default=0)
         self._index: bm25s.BM25 | None = None
         if self._chunks:
             self._index = bm25s.BM25()

@@ -20,19 +20,23 @@ def plan_shards(
     new: Sequence[Document],
     per_shard: int | None,
     closed: Set[int] = frozenset(),
+    sections: Callable[[Document], int] = lambda document: 1,
 ) -> dict[int, list[Document]]:
     """The new documents of each shard, in ingest order. `closed` shards (compacted ones)
-    take no new document: one that is newest makes the next document open a shard."""
-    newest = max((record.shard for record in held.values()), default=0)
-    filled = sum(record.shard == newest for record in held.values())
+    take no new document: one that is newest makes the next document open a shard. With a
+    shard per document, a long document takes a shard for each of its `sections` to
+    consolidate, in order."""
+    newest = max((shard for record in held.values() for shard in record.shards), default=0)
+    filled = sum(newest in record.shards for record in held.values())
     if newest in closed:
         newest, filled = newest + 1, 0
     plan: dict[int, list[Document]] = {}
     for document in new:
-        if per_shard is not None and filled >= per_shard:
-            newest, filled = newest + 1, 0
-        plan.setdefault(newest, []).append(document)
-        filled += 1
+        for _ in range(sections(document) if per_shard == 1 else 1):
+            if per_shard is not None and filled >= per_shard:
+                newest, filled = newest + 1, 0
+            plan.setdefault(newest, []).append(document)
+            filled += 1
     return plan
 
 
@@ -42,8 +46,12 @@ def items_of_shard(
     chunks: Mapping[str, Chunk],
     documents: Mapping[str, DocumentRecord],
 ) -> list[TransferItem]:
-    """The transfer items whose chunk's document is in `shard` (by `documents`' records)."""
-    return [i for i in items if documents[chunks[i.chunk_id].document_id].shard == shard]
+    """The transfer items whose chunk is in `shard` (by `documents`' records)."""
+    return [i for i in items if _shard_of(chunks[i.chunk_id], documents) == shard]
+
+
+def _shard_of(chunk: Chunk, documents: Mapping[str, DocumentRecord]) -> int:
+    return documents[chunk.document_id].shard_of_chunk(chunk.index)
 
 
 def balance_shards(plan: Mapping[int, Sequence[Document]], workers: int) -> list[list[int]]:

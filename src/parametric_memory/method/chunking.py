@@ -80,3 +80,40 @@ def chunk_document(
         Chunk(f"{content_hash[:16]}-{index}", document_id, index, piece, count_tokens(piece))
         for index, piece in enumerate(chunk_text(text, max_tokens, count_tokens))
     ]
+
+
+_HEADING = re.compile(r"^\s*(#{1,6}\s|[A-Z0-9][^.!?\n]{0,80}\n)")
+"""A chunk that opens with a Markdown heading or a short unpunctuated first line (a title)."""
+
+
+def section_starts(chunk_texts: list[str], most: int) -> list[int]:
+    """Where a long document's sections begin (chunk indices, the first 0): runs of at most
+    `most` consecutive chunks, as even as the count allows, each boundary moved to a chunk
+    that opens with a heading where one lies within a quarter of a section of it, so that
+    sections follow the document's own structure."""
+    count = len(chunk_texts)
+    sections = max(1, -(-count // most))
+    starts = [0]
+    for number in range(1, sections):
+        even = round(number * count / sections)
+        reach = max(1, (count // sections) // 4)
+        near = [
+            i
+            for i in range(even - reach, even + reach + 1)
+            if starts[-1] < i < count
+            and i - starts[-1] <= most
+            and count - i <= most * (sections - number)
+            and _HEADING.match(chunk_texts[i])
+        ]
+        start = min(near, key=lambda i: abs(i - even)) if near else even
+        starts.append(max(start, starts[-1] + 1))
+    return _within(starts, count, most)
+
+
+def _within(starts: list[int], count: int, most: int) -> list[int]:
+    """`starts` with a boundary added wherever a section (moved to a heading) grew past
+    `most` chunks."""
+    bounded = []
+    for start, end in zip(starts, [*starts[1:], count], strict=True):
+        bounded += list(range(start, end, most))
+    return bounded

@@ -62,16 +62,48 @@ _STATE_PREFIX = "state-"
 _TEMP_PREFIX = ".incoming-"
 
 
+class Section(BaseModel):
+    """Consecutive chunks of a long document, consolidated into a shard of their own."""
+
+    model_config = ConfigDict(extra="ignore")
+    first_chunk: int = Field(ge=0)
+    shard: int = Field(ge=0)
+
+
 class DocumentRecord(BaseModel):
     model_config = ConfigDict(extra="ignore")
     content_hash: str
     chunks: int
+    """Chunks held (of a long document being ingested: those of its committed sections)."""
     tokens: int
     transfer_items: int
     added_at: str
     shard: int = 0
-    """The adapter shard the document was consolidated into."""
+    """The adapter shard the document was consolidated into (its first section's)."""
     metadata: dict[str, str] = {}
+    sections: list[Section] = []
+    """A long document's committed sections, in order, each in its own shard; empty for a
+    document held by one shard."""
+    sections_planned: int = 0
+    """Sections a long document is cut into; fewer committed: its ingest was interrupted,
+    and adding it again consolidates the rest."""
+
+    @property
+    def shards(self) -> list[int]:
+        """Every shard that holds part of the document."""
+        return [section.shard for section in self.sections] or [self.shard]
+
+    @property
+    def complete(self) -> bool:
+        return len(self.sections) >= self.sections_planned
+
+    def shard_of_chunk(self, index: int) -> int:
+        """The shard holding the document's chunk `index`."""
+        shard = self.shard
+        for section in self.sections:
+            if section.first_chunk <= index:
+                shard = section.shard
+        return shard
 
 
 class BaseModelRecord(BaseModel):

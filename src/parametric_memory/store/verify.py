@@ -39,7 +39,7 @@ def verify_memory(path: str | Path) -> list[str]:
         return [str(error)]
     problems = [p for rel, digest in manifest.files.items() for p in _hash(root, rel, digest)]
     if manifest.state is not None and not problems:
-        for shard in sorted({record.shard for record in manifest.documents.values()}):
+        for shard in sorted({s for record in manifest.documents.values() for s in record.shards}):
             weights = store.shard_weights(root, manifest, shard)
             if weights is None:
                 problems.append(f"shard {shard} holds documents but has no adapter weights")
