@@ -42,6 +42,11 @@ export PYTHONPATH=$PWD/src:$PWD/benchmarks OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 R=/root/res; mkdir -p $R
 cd benchmarks
+if [ "$step" = cross ]; then  # cross_document.py: questions that need two documents
+  timeout -k 15 ${LIMIT:-240} python3 cross_document.py --memory /root/mem/cross --out $R/cross > $R/cross.log 2>&1
+  echo "exit $?"; tail -14 $R/cross.log; cp $R/cross/cross_document.json $OUT/ 2>/dev/null
+  exit 0
+fi
 if [ "$step" = answering ]; then  # answering.py on the level-0 memory of LABEL (issue 26)
   A=$R/${LABEL:-n1048}/answering; mkdir -p $A
   timeout -k 15 ${LIMIT:-540} python3 answering.py --data /root/m/squad-dev.jsonl --n ${N:-1048} \
