@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from parametric_memory import ParametricMemory, store
+from parametric_memory import ParametricMemory, cli, store
 from parametric_memory.method import transformation
 from parametric_memory.method.chunking import section_starts
 from parametric_memory.store.verify import verify_memory
@@ -89,7 +89,7 @@ def test_forgetting_a_long_document_removes_every_section(tmp_path, long_config)
 
 
 def test_an_interrupted_long_document_resumes_without_redoing_its_sections(
-    tmp_path, long_config, monkeypatch
+    tmp_path, long_config, monkeypatch, capsys
 ):
     memory = ParametricMemory.create(tmp_path / "m", long_config)
     real = transformation.transform
@@ -111,6 +111,8 @@ def test_an_interrupted_long_document_resumes_without_redoing_its_sections(
     first = store.shard_weights(partial.root, store.read_manifest(partial.root), record.shard)
     before = store.file_sha256(first)
     assert verify_memory(partial.root) == []
+    assert cli.main(["list", "--memory", str(partial.root)]) == 0
+    assert "(1 of 3 sections: add it again to finish)" in capsys.readouterr().out
 
     calls.clear()
     interrupt.append(False)

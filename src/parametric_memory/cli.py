@@ -502,6 +502,9 @@ def _list(args: argparse.Namespace) -> int:
     for document_id, record in documents:
         described = ", ".join(f"{key}={value}" for key, value in sorted(record.metadata.items()))
         shards = "shard " + ",".join(map(str, record.shards))
+        if not record.complete:  # an interrupted ingest of a long document
+            done, planned = len(record.sections), record.sections_planned
+            shards += f" ({done} of {planned} sections: add it again to finish)"
         print("\t".join(filter(None, (document_id, shards, described))))
     return 0
 
