@@ -58,7 +58,7 @@ fi
 if [ "$step" = answering ]; then  # answering.py on the level-0 memory of LABEL (issue 26)
   A=$R/${LABEL:-n1048}/answering; mkdir -p $A
   timeout -k 15 ${LIMIT:-540} python3 answering.py --data /root/m/squad-dev.jsonl --n ${N:-1048} \
-    --questions-per-doc ${Q:-1} --modes ${MODES:-top1,top2,top3,confidence,rag,in-prompt,base} \
+    --questions-per-doc ${Q:-1} --modes ${MODES:-top1,top2,top3,confidence,rag,in-prompt,base} --latency-questions ${LATENCY:-32} \
     --memory /root/mem/${LABEL:-n1048}/level0 --out $A >> $A.log 2>&1
   echo "exit $?"; grep -vE "it/s\]|Warning|warn" $A.log | tail -8 | cut -c1-250
   cp $A/answering.* $A.log $OUT/ 2>/dev/null; cat $A/answering.md 2>/dev/null
