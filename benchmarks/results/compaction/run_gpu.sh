@@ -55,6 +55,12 @@ if [ "$step" = articles ]; then  # long_documents.py: squad-dev's 24 articles as
   cp $R/articles/long_documents.json $OUT/ 2>/dev/null
   exit 0
 fi
+if [ "$step" = scale ]; then  # scale.py: a 2M-token synthetic corpus, stopped at LIMIT seconds
+  timeout -k 30 $(( ${LIMIT:-480} + 60 )) python3 scale.py --tokens ${TOKENS:-2000000} --documents 4 \
+    --limit-seconds ${LIMIT:-480} --memory /root/mem/scale --out $R/scale > $R/scale.log 2>&1
+  echo "exit $?"; cat $R/scale/scale.json 2>/dev/null; cp $R/scale/scale.json $OUT/ 2>/dev/null
+  exit 0
+fi
 if [ "$step" = answering ]; then  # answering.py on the level-0 memory of LABEL (issue 26)
   A=$R/${LABEL:-n1048}/answering; mkdir -p $A
   timeout -k 15 ${LIMIT:-540} python3 answering.py --data /root/m/squad-dev.jsonl --n ${N:-1048} \
