@@ -9,7 +9,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from parametric_memory import Candidate, InvalidArgumentError, MemoryConfig, ParametricMemory, store
+from parametric_memory import (
+    Candidate,
+    InvalidArgumentError,
+    MemoryConfig,
+    ParametricMemory,
+    RoutingConfig,
+    cli,
+    store,
+)
 from parametric_memory.engine.generation import answer_confidence, encode_prompts, generate_scored
 from parametric_memory.engine.row_adapters import RowAdapters
 
@@ -107,3 +115,27 @@ def test_questions_of_many_shards_share_batches_and_answer_as_each_shard_alone(m
     together = memory.ask_batch(QUESTIONS, max_new_tokens=6)
     alone = [memory.ask(question, max_new_tokens=6) for question in QUESTIONS]
     assert together == alone
+
+
+def test_open_routes_this_process_as_asked_and_saves_nothing(memory):
+    routing = RoutingConfig(selection="confidence", candidates=2)
+    reopened = ParametricMemory.open(memory.root, routing=routing)
+    assert reopened.config.routing == routing
+    answered = reopened.answer_candidates(QUESTIONS, max_new_tokens=4)
+    assert all(len(q) <= 2 for q in answered)
+    surest = [max(q, key=lambda c: c.confidence).answer for q in answered]
+    assert reopened.ask_batch(QUESTIONS, max_new_tokens=4) == surest
+    assert store.read_manifest(memory.root).config.routing == RoutingConfig()
+    assert ParametricMemory.open(memory.root).config.routing == RoutingConfig()
+
+
+def test_the_command_line_asks_with_the_routing_given(memory, capsys):
+    surest = memory.ask(QUESTIONS[0], max_new_tokens=5, selection="confidence")
+    argv = ["ask", QUESTIONS[0], "--memory", str(memory.root), "--max-new-tokens", "5"]
+    assert cli.main([*argv, "--selection", "confidence"]) == 0
+    assert capsys.readouterr().out.strip() == surest
+    composed = memory.ask(QUESTIONS[0], max_new_tokens=5, shards_per_question=2)
+    assert cli.main([*argv, "--shards-per-question", "2"]) == 0
+    assert capsys.readouterr().out.strip() == composed
+    assert cli.main([*argv, "--shards-per-question", "0"]) == 1
+    assert "shards_per_question" in capsys.readouterr().err

@@ -232,7 +232,23 @@ def _question_commands(commands: argparse._SubParsersAction) -> None:
             metavar="N",
             help=f"longest answer, in tokens: 1 to {MAX_NEW_TOKENS} (default: 128)",
         )
+        if name == "ask":
+            _routing_options(command)
         _device_option(command)
+
+
+def _routing_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--shards-per-question",
+        type=int,
+        metavar="K",
+        help="answer with the sum of the question's top K shards (default: the memory's)",
+    )
+    command.add_argument(
+        "--selection",
+        choices=("router", "confidence"),
+        help="confidence: the surest of the top shards' answers (default: the memory's)",
+    )
 
 
 def _list_command(commands: argparse._SubParsersAction) -> None:
@@ -480,7 +496,8 @@ def _open(args: argparse.Namespace) -> ParametricMemory:
 def _ask(args: argparse.Namespace) -> int:
     max_new_tokens = _max_new_tokens(args.max_new_tokens)
     memory = _open(args)
-    for piece in memory.stream(args.text, max_new_tokens=max_new_tokens):
+    routing = {"shards_per_question": args.shards_per_question, "selection": args.selection}
+    for piece in memory.stream(args.text, max_new_tokens=max_new_tokens, **routing):
         print(piece, end="", flush=True)
     print()
     return 0

@@ -117,6 +117,8 @@ class ParametricMemory:
         self._model_lock = threading.RLock()
         """Held while a call loads, trains or answers with the adapter: threads sharing a
         memory (async integrations run calls in threads) take turns on the one model."""
+        self._routing_here: RoutingConfig | None = None
+        """How this process routes questions, where `open` was given it (not saved)."""
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -156,8 +158,11 @@ class ParametricMemory:
         device: str | None = None,
         trust_remote_code: bool = False,
         allow_downloads: bool = False,
+        routing: RoutingConfig | None = None,
     ) -> ParametricMemory:
-        """Open an existing memory; `device` overrides where the model runs this time. A
+        """Open an existing memory; `device` overrides where the model runs this time, and
+        `routing` how questions are routed (routing changes no weights, so any memory takes
+        any `RoutingConfig`; it is not saved). A
         memory whose manifest asks to run the model's own code opens only if the caller
         allows it with `trust_remote_code=True`: a folder must never be able to run code.
         A hub model the manifest names loads from the local cache only, unless the caller
@@ -181,6 +186,7 @@ class ParametricMemory:
                 f"{lm.fingerprint}: use the same base model weights"
             )
         memory = cls(root, manifest, lm)
+        memory._routing_here = routing
         memory._following_commits(lambda: memory._activate(memory._newest_shard()))
         return memory
 
@@ -230,7 +236,10 @@ class ParametricMemory:
     # --- what it holds ------------------------------------------------------------------
     @property
     def config(self) -> MemoryConfig:
-        return self._manifest.config
+        """The memory's config (with this process's routing, if `open` was given one)."""
+        if self._routing_here is None:
+            return self._manifest.config
+        return self._manifest.config.model_copy(update={"routing": self._routing_here})
 
     @property
     def documents(self) -> dict[str, store.DocumentRecord]:
@@ -475,7 +484,7 @@ class ParametricMemory:
         each answer: what self-routing chooses among, and whose documents wrote each answer."""
         check_max_new_tokens(max_new_tokens)
         _check_queries(questions, "questions", "ask()")
-        routing = self._manifest.config.routing
+        routing = self._routing(None, None)
         count = routing.candidates if candidates is None else _count(candidates, "candidates")
         with self._model_lock:
             self._check_fits(list(questions), max_new_tokens)
@@ -584,7 +593,7 @@ class ParametricMemory:
     def _routing(self, shards: int | None, selection: str | None) -> RoutingConfig:
         """The memory's `RoutingConfig` with this call's choices, refused in one line. Asking
         for several shards a question routes by the router alone."""
-        routing = self._manifest.config.routing
+        routing = self._routing_here or self._manifest.config.routing
         update: dict[str, object] = {}
         if shards is not None:
             update["shards_per_question"] = _count(shards, "shards_per_question")
@@ -613,7 +622,7 @@ class ParametricMemory:
     def _composed_rows(self, routing_texts: list[str], shards: int) -> list[WeightedAdapters]:
         """Each routing text's top `shards` shards' saved weights, with their weights in its
         sum (`RoutingConfig.weights`)."""
-        mode = self._manifest.config.routing.weights
+        mode = self._routing(None, None).weights
         ranked = self._router().ranked_shards(routing_texts, shards)
         rows = [self._weighted(composition_weights(question, mode)) for question in ranked]
         self._ensure_adapter()
