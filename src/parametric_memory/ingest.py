@@ -295,23 +295,27 @@ class Ingest:
             return [0]
         return section_starts([chunk.text for chunk in chunks], limit)
 
-    def _sections_done(self, document: Document) -> int:
-        """Sections of `document` an interrupted ingest committed already."""
+    def _sections_left(self, document: Document) -> list[int]:
+        """The numbers of `document`'s sections not committed yet (an interrupted ingest
+        committed the others)."""
         record = self.memory.manifest.documents.get(document.id)
         same = record is not None and record.content_hash == document.content_hash
-        return len(record.sections) if same else 0
+        committed = {section.first_chunk for section in record.sections} if same else set()
+        starts = self._section_starts(document)
+        return [number for number, start in enumerate(starts) if start not in committed]
 
     def _sections_to_consolidate(self, document: Document) -> int:
-        return len(self._section_starts(document)) - self._sections_done(document)
+        return len(self._sections_left(document))
 
     def _planned_sections(self) -> dict[int, int]:
+        """Each section shard's section number, a long document's shards in order."""
         sections: dict[int, int] = {}
-        seen: dict[str, int] = {}
+        left: dict[str, list[int]] = {}
         for shard in sorted(self.shards):
             document = self.shards[shard][0]
             if len(self._section_starts(document)) > 1:
-                number = seen.get(document.id, self._sections_done(document))
-                sections[shard], seen[document.id] = number, number + 1
+                numbers = left.setdefault(document.id, self._sections_left(document))
+                sections[shard] = numbers.pop(0)
         return sections
 
     def _documents_finished(self, shards: list[int]) -> int:
