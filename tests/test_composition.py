@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from parametric_memory import InvalidArgumentError, MemoryConfig, ParametricMemory
-from parametric_memory.engine.row_adapters import RowAdapters
+from parametric_memory.engine.row_adapters import AdapterBank
 from parametric_memory.routing import ShardRouter, composition_weights
 
 MLP = ["gate_proj", "up_proj", "down_proj"]
@@ -36,6 +36,17 @@ def random_state(model, seed: int) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     state = get_peft_model_state_dict(model)
     return {key: torch.randn(t.shape, generator=generator) * 0.3 for key, t in state.items()}
+
+
+def attached(model, rows, capacity: int = 0, budget: int = 1 << 20):
+    """`rows` of (state dict, weight) on each row of `model`, through a bank that loads the
+    state dicts by their position in `rows`."""
+    states = [state for row in rows for state, _ in row]
+    keyed, position = [], 0
+    for row in rows:
+        keyed.append([(position + i, weight) for i, (_, weight) in enumerate(row)])
+        position += len(row)
+    return AdapterBank(model, states.__getitem__, budget).attached(keyed, capacity)
 
 
 def logits_with(model, ids, state) -> torch.Tensor:
@@ -72,7 +83,7 @@ def test_each_row_computes_with_its_own_adapter():
     expected = torch.stack(
         [logits_with(model, ids[:1], first)[0], logits_with(model, ids[1:], second)[0]]
     )
-    with RowAdapters(model, [[(first, 1.0)], [(second, 1.0)]]).attached(), torch.no_grad():
+    with attached(model, [[(first, 1.0)], [(second, 1.0)]]), torch.no_grad():
         got = model(input_ids=ids).logits
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
@@ -83,7 +94,7 @@ def test_a_row_of_several_adapters_computes_their_weighted_sum():
     ids = torch.randint(0, 96, (1, 9))
     weighted = [(first, 0.7), (second, 0.4)]
     expected = merged_logits(model, ids, weighted)
-    with RowAdapters(model, [weighted]).attached(), torch.no_grad():
+    with attached(model, [weighted]), torch.no_grad():
         got = model(input_ids=ids).logits
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
@@ -95,7 +106,7 @@ def test_a_row_without_adapters_is_the_base_model_and_the_layers_come_back():
     with torch.no_grad(), model.disable_adapter():
         base = model(input_ids=ids).logits
     own = logits_with(model, ids, first)
-    with RowAdapters(model, [[], [(first, 1.0)]]).attached(), torch.no_grad():
+    with attached(model, [[], [(first, 1.0)]]), torch.no_grad():
         got = model(input_ids=ids).logits
     torch.testing.assert_close(got[0], base[0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got[1], own[1], atol=1e-4, rtol=1e-4)
@@ -105,8 +116,12 @@ def test_a_row_without_adapters_is_the_base_model_and_the_layers_come_back():
 
 def test_row_adapters_do_not_stack_on_another_override():
     model = peft_model()
-    rows = RowAdapters(model, [[(random_state(model, 1), 1.0)]])
-    with rows.attached(), pytest.raises(RuntimeError, match="another forward"), rows.attached():
+    rows = [[(random_state(model, 1), 1.0)]]
+    with (
+        attached(model, rows),
+        pytest.raises(RuntimeError, match="another forward"),
+        attached(model, rows),
+    ):
         pass
 
 
@@ -114,8 +129,59 @@ def test_an_adapter_of_another_shape_is_refused():
     model = peft_model()
     state = random_state(model, 1)
     state.pop(next(iter(state)))
-    with pytest.raises(KeyError, match="lacks"):
-        RowAdapters(model, [[(state, 1.0)]])
+    with pytest.raises(KeyError, match="lacks"), attached(model, [[(state, 1.0)]]):
+        pass
+
+
+def test_rows_past_the_batch_get_no_update_and_each_shape_keeps_its_buffers():
+    """Room for more rows than given (the fast decoder pads a batch to its bucket): the rows
+    given compute as without the room, and the next batch of that shape reads the same
+    buffers (what a captured decode graph reads)."""
+    model = peft_model()
+    first, second = random_state(model, 1), random_state(model, 2)
+    ids = torch.randint(0, 96, (2, 6))
+    bank = AdapterBank(model, [first, second].__getitem__, budget=1 << 20)
+    keys = []
+    for rows in ([[(0, 1.0)], [(1, 1.0)]], [[(1, 1.0)], [(0, 0.5)]]):
+        with bank.attached(rows, capacity=4), torch.no_grad():
+            padded = model(input_ids=torch.cat([ids, ids])).logits
+            keys.append(
+                [vars(m)["forward"].graph_key for m in model.modules() if "forward" in vars(m)]
+            )
+        states = [first, second]
+        expected = attached(model, [[(states[k], w)] for ((k, w),) in rows])
+        with expected, torch.no_grad():
+            torch.testing.assert_close(padded[:2], model(input_ids=ids).logits)
+    with torch.no_grad(), model.disable_adapter():
+        base = model(input_ids=ids).logits
+    torch.testing.assert_close(padded[2:], base, atol=1e-5, rtol=1e-5)
+    assert keys[0] == keys[1]
+
+
+def test_the_bank_holds_its_budget_least_recently_used_out_and_reloads_what_went():
+    model = peft_model()
+    states = [random_state(model, seed) for seed in range(3)]
+    loads = []
+
+    def load(key: int):
+        loads.append(key)
+        return states[key]
+
+    probe = AdapterBank(model, load, budget=1 << 20)
+    per_adapter = (1 << 20) // probe.slots
+    bank = AdapterBank(model, load, budget=2 * per_adapter)  # two adapters
+    assert bank.slots == 2
+    ids = torch.randint(0, 96, (1, 5))
+    for key in (0, 1, 0, 2, 1):  # 2 pushes out 1 (0 was used since); 1 pushes out 0
+        with bank.attached([[(key, 1.0)]]), torch.no_grad():
+            got = model(input_ids=ids).logits
+        torch.testing.assert_close(got, logits_with(model, ids, states[key]), atol=1e-4, rtol=1e-4)
+    assert loads == [0, 1, 2, 1]
+    with (
+        pytest.raises(ValueError, match="bank holds 2"),
+        bank.attached([[(0, 1.0), (1, 1.0), (2, 1.0)]]),
+    ):
+        pass
 
 
 def test_composition_weights_are_relative_to_the_best_score_or_equal():
@@ -203,22 +269,6 @@ def test_routing_config_bounds():
         MemoryConfig(routing={"shards_per_question": 0})
     with pytest.raises(ValueError):
         MemoryConfig(routing={"weights": "softmax"})
-
-
-def test_held_weights_stay_within_their_byte_budget_least_recently_used_out(tmp_path):
-    from parametric_memory.weights_cache import WeightsCache
-
-    def weights() -> dict[str, torch.Tensor]:
-        return {"a": torch.zeros(25)}  # 100 bytes
-
-    cache = WeightsCache(budget=250)
-    first, second, third = tmp_path / "1", tmp_path / "2", tmp_path / "3"
-    cache.put(first, weights())
-    cache.put(second, weights())
-    assert cache.get(first) is not None  # first is now the most recently used
-    cache.put(third, weights())  # 300 bytes: the least recently used goes
-    assert cache.get(second) is None
-    assert cache.get(first) is not None and cache.get(third) is not None
 
 
 def test_composed_answers_read_each_shard_file_once(two_shards, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from tiny_model import build_talking_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -24,11 +24,13 @@ from parametric_memory.engine.fast_distillation import (
     train_step,
 )
 from parametric_memory.engine.fast_generation import (
+    batch_bucket,
     greedy_generate,
     release_graphs,
     supports_fast_decode,
 )
 from parametric_memory.engine.models import LoadedModel
+from parametric_memory.engine.row_adapters import AdapterBank
 from parametric_memory.losses import topk_kl_loss
 from parametric_memory.method.distillation import answer_logits
 from parametric_memory.records import Example, TransferItem
@@ -69,7 +71,7 @@ def random_prompts(rows: int, seed: int, vocab: int, device: str = "cpu"):
     return ids.to(device), mask.to(device)
 
 
-def reference(model, ids, mask, eos, new_tokens: int = NEW_TOKENS) -> torch.Tensor:
+def reference(model, ids, mask, eos, new_tokens: int = NEW_TOKENS, **more) -> torch.Tensor:
     with torch.inference_mode():
         return model.generate(
             input_ids=ids,
@@ -78,6 +80,7 @@ def reference(model, ids, mask, eos, new_tokens: int = NEW_TOKENS) -> torch.Tens
             do_sample=False,
             pad_token_id=PAD,
             eos_token_id=eos,
+            **more,
         )
 
 
@@ -233,6 +236,79 @@ def test_cuda_graph_path_matches_generate(model_dir):
                 parameter.mul_(-1.5)
     ids, mask = random_prompts(5, seed=60, vocab=model.config.vocab_size)
     assert_same_as_generate(model, ids.cuda(), mask.cuda(), eos)
+    release_graphs(model)
+
+
+def random_adapters(model, count: int) -> list[dict[str, torch.Tensor]]:
+    """Saved adapters of `model`'s shape with random weights (peft's saved keys)."""
+    keys = get_peft_model_state_dict(model)
+    generator = torch.Generator().manual_seed(count)
+    return [
+        {key: torch.randn(t.shape, generator=generator) * 0.2 for key, t in keys.items()}
+        for _ in range(count)
+    ]
+
+
+def per_row_batches(model, device: str):
+    """Batches whose rows each use their own sum of saved adapters, with end tokens."""
+    states = random_adapters(model, 3)
+    bank = AdapterBank(model, states.__getitem__, budget=1 << 24)
+    eos = frequent_tokens(model, 1)
+    choices = [
+        [[(0, 1.0)], [(2, 1.0)], [(1, 1.0)]],
+        [[(2, 1.0)], [(0, 0.6), (1, 0.5)], [], [(1, 1.0)]],
+        [[(1, 1.0)], [(0, 1.0)], [(0, 1.0)]],
+    ]
+    for seed, rows in enumerate(choices):
+        ids, mask = random_prompts(len(rows), seed=90 + seed, vocab=model.config.vocab_size)
+        yield bank, rows, ids.to(device), mask.to(device), eos
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+        ),
+    ],
+)
+def test_rows_with_their_own_adapters_decode_as_generate(model_dir, device):
+    """Each row its own adapters (`row_adapters`), batches padded to their bucket: on CUDA
+    one captured graph per batch shape replays every batch of it with that batch's
+    adapters; on the CPU the same path runs eagerly."""
+    model = with_lora(load(model_dir, device=device))
+    for bank, rows, ids, mask, eos in per_row_batches(model, device):
+        with bank.attached(rows, capacity=batch_bucket(len(rows))):
+            assert_same_as_generate(model, ids, mask, eos, static_shapes=True)
+    if device == "cuda":
+        runners = list(fast_generation._RUNNERS[model].values())
+        assert len(runners) <= 2 and all(runner.graph is not None for runner in runners)
+    release_graphs(model)
+
+
+def test_scores_are_the_log_probabilities_generate_gives(model_dir):
+    model = with_lora(load(model_dir))
+    for bank, rows, ids, mask, eos in per_row_batches(model, "cpu"):
+        with bank.attached(rows, capacity=batch_bucket(len(rows))), torch.inference_mode():
+            output, scores = greedy_generate(
+                model,
+                ids,
+                mask,
+                NEW_TOKENS,
+                eos_token_id=eos,
+                pad_token_id=PAD,
+                static_shapes=True,
+                with_scores=True,
+            )
+            expected = reference(
+                model, ids, mask, eos, output_logits=True, return_dict_in_generate=True
+            )
+        tokens = expected.sequences[:, ids.shape[1] :]
+        assert torch.equal(output[:, ids.shape[1] :], tokens)
+        logits = torch.stack(expected.logits, dim=1).float().log_softmax(-1)
+        chosen = logits.gather(-1, tokens[..., None]).squeeze(-1)
+        torch.testing.assert_close(scores, chosen, atol=1e-4, rtol=1e-4)
     release_graphs(model)
 
 

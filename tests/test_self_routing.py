@@ -19,7 +19,7 @@ from parametric_memory import (
     store,
 )
 from parametric_memory.engine.generation import answer_confidence, encode_prompts, generate_scored
-from parametric_memory.engine.row_adapters import RowAdapters
+from parametric_memory.engine.row_adapters import AdapterBank, RowChoices
 
 FACTS = {
     "lanterns": "The Quillhaven lantern festival is held every May 14 on the harbour wall.",
@@ -51,10 +51,10 @@ def test_a_one_token_answer_has_the_log_probability_of_the_greedy_token(memory):
     shard = memory.documents["payroll"].shard
     manifest = store.read_manifest(memory.root)
     state = load_file(store.shard_weights(memory.root, manifest, shard))
-    rows = [[(state, 1.0)]]
+    rows = RowChoices(AdapterBank(lm.model, lambda _: state, 1 << 24), [[("payroll", 1.0)]])
     [(_, confidence)] = generate_scored(lm, [QUESTIONS[1]], 1, 4, rows)
     ids = torch.tensor(encode_prompts(lm.tokenizer, [QUESTIONS[1]]))
-    with RowAdapters(lm.model, rows).attached(), torch.no_grad():
+    with rows.attached([0]), torch.no_grad():
         logits = lm.model(input_ids=ids).logits[0, -1].float()
     assert confidence == pytest.approx(float(logits.log_softmax(-1).max()), abs=1e-4)
 

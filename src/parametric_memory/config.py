@@ -213,8 +213,9 @@ class RoutingConfig(_Config):
     """A question is answered with the sum of its top shards' updates (by BM25 match of their
     best chunk), so an answer may draw on several documents and survive a routing miss. 1:
     the best shard alone. Questions of different shards share a batch, each row computing
-    its own sum (rank k * r, through `model.generate`); a shard with many of a batch's
-    questions has its update merged into the base weights on CUDA for them instead."""
+    its own sum (rank k * r, on the fast decoder, the shards kept on the device); a shard
+    with many of a batch's questions has its update merged into the base weights on CUDA
+    for them instead."""
     weights: Literal["relative", "equal"] = "relative"
     """How the top shards' updates are weighted: "relative", the best shard 1 and each other
     its BM25 score over the best's; "equal", 1 each (PRAG's sum)."""

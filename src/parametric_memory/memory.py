@@ -29,7 +29,7 @@ from .engine.adapter_files import save_adapter
 from .engine.generation import encode_prompts, generate, generate_scored, stream
 from .engine.merged_adapter import answering_weights
 from .engine.models import LoadedModel, load_model
-from .engine.row_adapters import RowAdapters, WeightedAdapters
+from .engine.row_adapters import AdapterBank, RowChoices, WeightedKeys
 from .errors import (
     CorruptMemoryError,
     DocumentNotFoundError,
@@ -46,7 +46,6 @@ from .records import Chunk, CompactionReport, Document, TransferItem
 from .routing import ShardRouter, composition_weights
 from .sharding import items_of_shard
 from .store.verify import record_problems, records_disagreement
-from .weights_cache import HELD_WEIGHT_BYTES, WeightsCache
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +58,9 @@ the base weights (CUDA's fast decoder); fewer share batches with other shards' q
 each row with its own adapter, which costs far less than a merge and a batch per shard."""
 _ROW_BATCH = 64
 """Questions per batch when each row computes its own adapter's update."""
+_BANK_BYTES = 512 << 20
+"""Most bytes of shards' saved weights kept on the model's device for per-row answers
+(650 shards of the default adapter), least recently used out."""
 
 
 class MemoryInfo(BaseModel):
@@ -108,9 +110,9 @@ class ParametricMemory:
         self._active_shard: int | None = None
         """The shard whose committed weights the adapter holds; None when unknown."""
         self._router_cache: tuple[str | None, ShardRouter] | None = None
-        self._held_weights = WeightsCache(HELD_WEIGHT_BYTES)
-        """Shards' saved weights read for composed answers, by file (a commit writes new
-        files, so an entry never goes stale)."""
+        self._bank: tuple[object, AdapterBank] | None = None
+        """Shards' saved weights on the model's device for per-row answers, by file (a
+        commit writes new files, so an entry never goes stale), with the model it serves."""
         self._manifest_stamp: tuple[int, int, int] | None = None
         """What the manifest file was when `_manifest` was last compared with it: a reader
         re-reads it only when another writer has replaced it (None: not yet compared)."""
@@ -217,11 +219,13 @@ class ParametricMemory:
         except (OSError, RuntimeError, SafetensorError) as error:
             raise CorruptMemoryError(f"cannot load adapter {path}: {error}; run `verify`") from None
 
-    def _cached_weights(self, path: Path) -> dict:
-        held = self._held_weights.get(path)
-        if held is None:
-            held = self._held_weights.put(path, self._read_weights(path))
-        return held
+    def _row_choices(self, rows: list[WeightedKeys]) -> RowChoices:
+        """`rows` (each a list of weighted shard files) on the memory's adapter bank."""
+        self._ensure_adapter()
+        model = self._lm.model
+        if self._bank is None or self._bank[0] is not model:
+            self._bank = (model, AdapterBank(model, self._read_weights, _BANK_BYTES))
+        return RowChoices(self._bank[1], rows)
 
     def _load_weights(self, path: Path) -> None:
         weights = self._read_weights(path)
@@ -497,8 +501,7 @@ class ParametricMemory:
     ) -> list[list[Candidate]]:
         ranked = self._router().ranked_shards(questions, count)
         pairs = [(i, shard, score) for i, row in enumerate(ranked) for shard, score in row]
-        rows = [self._weighted([(shard, 1.0)]) for _, shard, _ in pairs]
-        self._ensure_adapter()
+        rows = self._row_choices([self._weighted([(shard, 1.0)]) for _, shard, _ in pairs])
         users = [questions[i] for i, _, _ in pairs]
         scored = generate_scored(self._lm, users, max_new_tokens, _ROW_BATCH, rows)
         held: dict[int, list[str]] = {}
@@ -533,8 +536,10 @@ class ParametricMemory:
         with self._model_lock:
             self._check_fits([question], max_new_tokens)
             if shards > 1:
-                rows = self._following_commits(lambda: self._composed_rows([question], shards))
-                with RowAdapters(self._lm.model, rows).attached():
+                rows = self._following_commits(
+                    lambda: self._composed_rows([question], shards).loaded()
+                )
+                with rows.attached([0]):
                     yield from stream(self._lm, question, max_new_tokens)
                 return
             shard = self._following_commits(lambda: self._routed_and_loaded(question))
@@ -616,26 +621,24 @@ class ParametricMemory:
         """Each prompt answered with the weighted sum of its top `shards` shards' updates,
         rows of different shards in one batch (`RoutingConfig`)."""
         adapters = self._composed_rows(routing_texts, shards)
-        texts = generate(self._lm, prompts, max_new_tokens, 16, adapters=adapters)
+        texts = generate(self._lm, prompts, max_new_tokens, _ROW_BATCH, adapters=adapters)
         return [text.strip() for text in texts]
 
-    def _composed_rows(self, routing_texts: list[str], shards: int) -> list[WeightedAdapters]:
+    def _composed_rows(self, routing_texts: list[str], shards: int) -> RowChoices:
         """Each routing text's top `shards` shards' saved weights, with their weights in its
         sum (`RoutingConfig.weights`)."""
         mode = self._routing(None, None).weights
         ranked = self._router().ranked_shards(routing_texts, shards)
-        rows = [self._weighted(composition_weights(question, mode)) for question in ranked]
-        self._ensure_adapter()
-        return rows
+        return self._row_choices([self._weighted(composition_weights(q, mode)) for q in ranked])
 
-    def _weighted(self, shards: Sequence[tuple[int, float]]) -> WeightedAdapters:
-        """The saved weights of `shards` with their weights in a sum; a shard that holds
-        nothing yet adds nothing."""
+    def _weighted(self, shards: Sequence[tuple[int, float]]) -> WeightedKeys:
+        """The saved weights files of `shards` with their weights in a sum; a shard that
+        holds nothing yet adds nothing."""
         row = []
         for shard, weight in shards:
             path = store.shard_weights(self.root, self._manifest, shard)
             if path is not None:
-                row.append((self._cached_weights(path), weight))
+                row.append((path, weight))
         return row
 
     def _answers(
@@ -656,8 +659,7 @@ class ParametricMemory:
             for index, text in zip(picked, texts, strict=True):
                 answers[index] = text.strip()
         if few:
-            rows = [self._weighted([(shards[i], 1.0)]) for i in few]
-            self._ensure_adapter()
+            rows = self._row_choices([self._weighted([(shards[i], 1.0)]) for i in few])
             texts = generate(
                 self._lm, [prompts[i] for i in few], max_new_tokens, _ROW_BATCH, adapters=rows
             )

@@ -24,7 +24,8 @@ including peft's "adapter enabled?" and "which adapters are active?" and the LoR
 Graphs are therefore keyed by that adapter state (and by the storage of every weight), so
 `with model.disable_adapter():` replays a graph captured with the adapter off. Weights
 updated in place (optimiser steps, `reset_lora_parameters`, `load_state_dict`) are read by
-the graph as they are at replay time.
+the graph as they are at replay time, as are the per-row updates of `row_adapters` (their
+forwards say which buffers they read).
 """
 
 from __future__ import annotations
@@ -123,10 +124,12 @@ def greedy_generate(
     pad_token_id: int,
     static_shapes: bool | None = None,
     compile_step: bool = False,
-) -> torch.Tensor:
+    with_scores: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """What `model.generate(input_ids=..., attention_mask=..., max_new_tokens=...,
     do_sample=False, eos_token_id=..., pad_token_id=...)` returns: the prompts followed by the
-    greedy continuations, [rows, width + generated].
+    greedy continuations, [rows, width + generated]. `with_scores`: and the log-probability
+    of each generated token, [rows, generated] (float32).
 
     `static_shapes` (default: on CUDA) rounds the batch and the cache length up to buckets and
     reuses the preallocated state across calls; on CUDA the decode step is then a CUDA graph.
@@ -142,12 +145,14 @@ def greedy_generate(
     decoder = _Decoder.of(model, compile_step)
     needed = width + max(max_new_tokens, _WARMUP_STEPS + 1)
     arguments = (decoder, input_ids, attention_mask, max_new_tokens, stop_ids, pad_token_id)
-    if not static_shapes:
-        runner = _DecodeRunner(rows, needed, input_ids.device, use_graph=False)
-        return torch.cat([input_ids, runner.run(*arguments)], dim=1)
     with _RUNNERS_LOCK:  # cached runners hold mutable state: one caller at a time
-        runner = _cached_runner(model, decoder, _batch_bucket(rows), _length_bucket(needed))
-        return torch.cat([input_ids, runner.run(*arguments)], dim=1)
+        if static_shapes:
+            runner = _cached_runner(model, decoder, batch_bucket(rows), _length_bucket(needed))
+        else:
+            runner = _DecodeRunner(rows, needed, input_ids.device, use_graph=False)
+        tokens, scores = runner.run(*arguments)
+    output = torch.cat([input_ids, tokens], dim=1)
+    return (output, scores) if with_scores else output
 
 
 def release_graphs(model: nn.Module | None = None) -> None:
@@ -251,6 +256,7 @@ class _DecodeRunner:
         self.pad = torch.zeros((), **long)
         self.stop_ids = torch.full((_MAX_STOP_TOKENS,), -1, **long)
         self.out = torch.zeros((batch, length), **long)
+        self.scores = torch.zeros((batch, length), dtype=torch.float32, device=device)
         self.visible = torch.zeros((batch, length), dtype=torch.bool, device=device)
         self.unfinished = torch.zeros(batch, dtype=torch.bool, device=device)
         self.cache: _StaticKVCache | None = None
@@ -261,14 +267,16 @@ class _DecodeRunner:
         input_ids, attention_mask = self._fill_rows(input_ids, attention_mask, pad_id)
         logits, prefill_cache = decoder.prefill(input_ids, attention_mask)
         first = logits.argmax(-1)
+        first_score = _chosen_log_probability(logits, first)
         self._store_prompt_cache(prefill_cache, attention_mask)
         del prefill_cache
-        self._reset(attention_mask, first, rows, stop_ids, pad_id)
+        self._reset(attention_mask, first, first_score, rows, stop_ids, pad_id)
         if self.use_graph and self.graph is None:
             self._capture_or_go_eager(decoder)
-            self._reset(attention_mask, first, rows, stop_ids, pad_id)
+            self._reset(attention_mask, first, first_score, rows, stop_ids, pad_id)
         steps = self._decode(decoder, max_new_tokens, bool(stop_ids))
-        return _trim_after_last_stop(self.out[:rows, :steps], stop_ids)
+        steps = _steps_to_last_stop(self.out[:rows, :steps], stop_ids)
+        return self.out[:rows, :steps].clone(), self.scores[:rows, :steps].clone()
 
     def _fill_rows(self, input_ids, attention_mask, pad_id: int):
         """Add all-padding rows up to the bucketed batch size (marked finished at once)."""
@@ -301,7 +309,7 @@ class _DecodeRunner:
         batch, heads, _, dim = like.shape
         return torch.zeros((batch, heads, self.length, dim), dtype=like.dtype, device=like.device)
 
-    def _reset(self, attention_mask, first, rows: int, stop_ids: list[int], pad_id: int) -> None:
+    def _reset(self, attention_mask, first, first_score, rows, stop_ids, pad_id: int) -> None:
         """Load the state after the prefill: the first token generated, at slot `width`."""
         width = attention_mask.shape[1]
         self.visible.zero_()
@@ -317,6 +325,8 @@ class _DecodeRunner:
             self.stop_ids[: len(stop_ids)] = torch.tensor(stop_ids, dtype=torch.long)
         self.out.fill_(pad_id)
         self.out[:, 0] = first
+        self.scores.zero_()
+        self.scores[:, 0] = first_score
         self.unfinished.zero_()
         self.unfinished[:rows] = ~self._is_stop(first[:rows])
 
@@ -331,6 +341,7 @@ class _DecodeRunner:
         )
         token = torch.where(self.unfinished, logits.argmax(-1), self.pad)
         self.out.index_copy_(1, self.step, token[:, None])
+        self.scores.index_copy_(1, self.step, _chosen_log_probability(logits, token)[:, None])
         self.unfinished &= ~self._is_stop(token)
         self.tokens.copy_(token[:, None])
         self.positions.add_(1)
@@ -399,15 +410,19 @@ class _DecodeRunner:
         return generated
 
 
-def _trim_after_last_stop(tokens: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
-    """Cut the columns run after every row had finished (`generate` stops right there)."""
+def _chosen_log_probability(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[row, tokens[row]] for each row, in float32."""
+    return logits.float().log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def _steps_to_last_stop(tokens: torch.Tensor, stop_ids: list[int]) -> int:
+    """The columns up to where every row had finished (`generate` stops right there)."""
     if not stop_ids:
-        return tokens
+        return tokens.shape[1]
     is_stop = torch.isin(tokens, torch.tensor(stop_ids, device=tokens.device))
     if not bool(is_stop.any(1).all()):
-        return tokens
-    last_finish = int(is_stop.int().argmax(1).max())
-    return tokens[:, : last_finish + 1]
+        return tokens.shape[1]
+    return int(is_stop.int().argmax(1).max()) + 1
 
 
 _RUNNERS_LOCK = threading.RLock()
@@ -432,8 +447,9 @@ def _cached_runner(model: nn.Module, decoder: _Decoder, batch: int, length: int)
 
 def _graph_signature(model: nn.Module, decoder: _Decoder) -> int:
     """Everything a captured graph froze: the adapter switches and scalings peft branches on
-    in Python, and the storage of every weight (a tensor swapped for a new one, rather than
-    updated in place, would leave the graph reading the old memory)."""
+    in Python, the storage of every weight (a tensor swapped for a new one, rather than
+    updated in place, would leave the graph reading the old memory), and any forward a layer
+    was given in place of its class's (its `graph_key`, what it reads; else itself)."""
     adapters = tuple(
         (
             bool(getattr(module, "disable_adapters", False)),
@@ -445,10 +461,17 @@ def _graph_signature(model: nn.Module, decoder: _Decoder) -> int:
         if hasattr(module, "active_adapters") and hasattr(module, "merged")
     )
     storage = tuple(t.data_ptr() for t in (*model.parameters(), *model.buffers()))
-    return hash((adapters, storage, decoder.cache_argument, decoder.hidden_score, decoder.compiled))
+    overrides = tuple(
+        getattr(vars(module)["forward"], "graph_key", id(vars(module)["forward"]))
+        for module in decoder.model.modules()
+        if "forward" in vars(module)
+    )
+    signature = (adapters, storage, overrides)
+    return hash((signature, decoder.cache_argument, decoder.hidden_score, decoder.compiled))
 
 
-def _batch_bucket(rows: int) -> int:
+def batch_bucket(rows: int) -> int:
+    """The batch size a static-shape decode of `rows` rows runs at."""
     return 1 << (rows - 1).bit_length()
 
 

@@ -18,13 +18,12 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
 from ..errors import GenerationTimeoutError
-from .fast_generation import greedy_generate, supports_fast_decode
+from .fast_generation import batch_bucket, greedy_generate, supports_fast_decode
 from .models import LoadedModel
-from .row_adapters import RowAdapters, WeightedAdapters
+from .row_adapters import RowChoices
 
 _PLAIN_TEMPLATE = "Question: {user}\nAnswer:"
 _USER_SLOT = "\u2063USER-TURN\u2063"
-"""Set to 0 to decode with `model.generate` on CUDA too."""
 
 
 def chat_prompt(tokenizer, user: str) -> str:
@@ -86,23 +85,21 @@ def generate(
     max_new_tokens: int,
     batch_size: int,
     compile_decode: bool = False,
-    adapters: Sequence[WeightedAdapters] | None = None,
+    adapters: RowChoices | None = None,
 ) -> list[str]:
     """Greedy answers to `users` (user-turn texts), in order, batched by similar length.
     `compile_decode`: the fast decoder's step through `torch.compile` (CUDA). `adapters`:
     each user's own weighted sum of saved adapters (`row_adapters`) instead of the model's
-    adapter; such batches decode through `model.generate` (a captured graph would keep the
-    first batch's weights)."""
+    adapter."""
     _check_rows(users, adapters)
+    if adapters is not None:
+        batch_size = min(batch_size, adapters.rows_at_once)
     encoded = encode_prompts(lm.tokenizer, users)
     answers = [""] * len(encoded)
     for batch in _length_batches(encoded, batch_size):
         prompts = [encoded[i] for i in batch]
-        if adapters is None:
+        with _rows_attached(lm, adapters, batch):
             texts = _generate_batch(lm, prompts, max_new_tokens, compile_decode)
-        else:
-            with RowAdapters(lm.model, [adapters[i] for i in batch]).attached():
-                texts = _generate_batch(lm, prompts, max_new_tokens, False, fast=False)
         for index, text in zip(batch, texts, strict=True):
             answers[index] = text
     return answers
@@ -113,26 +110,36 @@ def generate_scored(
     users: Sequence[str],
     max_new_tokens: int,
     batch_size: int,
-    adapters: Sequence[WeightedAdapters],
+    adapters: RowChoices,
 ) -> list[tuple[str, float]]:
     """Greedy answers to `users`, each with its own adapters (as `generate`), and the model's
     confidence in each: the mean log-probability of the answer's tokens (up to and with its
     end-of-answer token) under the weights that wrote it."""
     _check_rows(users, adapters)
+    if adapters is not None:
+        batch_size = min(batch_size, adapters.rows_at_once)
     encoded = encode_prompts(lm.tokenizer, users)
     scored: list[tuple[str, float]] = [("", 0.0)] * len(encoded)
     for batch in _length_batches(encoded, batch_size):
         prompts = [encoded[i] for i in batch]
-        with RowAdapters(lm.model, [adapters[i] for i in batch]).attached():
+        with _rows_attached(lm, adapters, batch):
             pairs = _scored_batch(lm, prompts, max_new_tokens)
         for index, pair in zip(batch, pairs, strict=True):
             scored[index] = pair
     return scored
 
 
-def _check_rows(users: Sequence[str], adapters: Sequence[WeightedAdapters] | None) -> None:
-    if adapters is not None and len(adapters) != len(users):
-        raise ValueError(f"{len(users)} users need as many adapter lists, got {len(adapters)}")
+def _check_rows(users: Sequence[str], adapters: RowChoices | None) -> None:
+    if adapters is not None and len(adapters.rows) != len(users):
+        raise ValueError(f"{len(users)} users need as many adapter lists, got {len(adapters.rows)}")
+
+
+def _rows_attached(lm: LoadedModel, adapters: RowChoices | None, batch: list[int]):
+    """The rows' own adapters for `batch` (room for the rows the fast decoder pads it to)."""
+    if adapters is None:
+        return contextlib.nullcontext()
+    capacity = batch_bucket(len(batch)) if _use_fast_decode(lm) else len(batch)
+    return adapters.attached(batch, capacity)
 
 
 def _length_batches(encoded: list[list[int]], batch_size: int) -> Iterator[list[int]]:
@@ -158,24 +165,54 @@ def _scored_batch(
 ) -> list[tuple[str, float]]:
     input_ids, attention = _left_padded(lm, prompts)
     eos = lm.tokenizer.eos_token_id
-    output = lm.model.generate(
-        input_ids=input_ids,
-        attention_mask=attention,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=lm.tokenizer.pad_token_id,
-        eos_token_id=eos,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    tokens = output.sequences[:, input_ids.shape[1] :]
-    logits = torch.stack(output.logits, dim=1).float()  # [rows, steps, vocab]
-    chosen = logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    tokens, chosen = _greedy(lm, input_ids, attention, max_new_tokens, scored=True)
+    assert chosen is not None
     texts = lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
     return [
         (text, answer_confidence(row_logprobs, row_tokens, eos))
         for text, row_logprobs, row_tokens in zip(texts, chosen, tokens, strict=True)
     ]
+
+
+def _greedy(
+    lm: LoadedModel,
+    input_ids: torch.Tensor,
+    attention: torch.Tensor,
+    max_new_tokens: int,
+    compile_decode: bool = False,
+    scored: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The greedy continuations [rows, steps] and, if `scored`, each token's log-probability
+    (the fast decoder where it applies, else `model.generate`)."""
+    pad, eos, width = lm.tokenizer.pad_token_id, lm.tokenizer.eos_token_id, input_ids.shape[1]
+    if _use_fast_decode(lm):
+        result = greedy_generate(
+            lm.model,
+            input_ids,
+            attention,
+            max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            compile_step=compile_decode,
+            with_scores=scored,
+        )
+        output, scores = result if scored else (result, None)
+        return output[:, width:], scores
+    output = lm.model.generate(
+        input_ids=input_ids,
+        attention_mask=attention,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        output_logits=scored,
+        return_dict_in_generate=True,
+    )
+    tokens = output.sequences[:, width:]
+    if not scored:
+        return tokens, None
+    logits = torch.stack(output.logits, dim=1).float()  # [rows, steps, vocab]
+    return tokens, logits.log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def answer_confidence(logprobs: torch.Tensor, tokens: torch.Tensor, eos: int | None) -> float:
@@ -188,36 +225,11 @@ def answer_confidence(logprobs: torch.Tensor, tokens: torch.Tensor, eos: int | N
 
 @torch.inference_mode()
 def _generate_batch(
-    lm: LoadedModel,
-    prompts: list[list[int]],
-    max_new_tokens: int,
-    compile_decode: bool,
-    fast: bool = True,
+    lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int, compile_decode: bool
 ) -> list[str]:
-    pad = lm.tokenizer.pad_token_id
     input_ids, attention = _left_padded(lm, prompts)
-    width = input_ids.shape[1]
-    eos = lm.tokenizer.eos_token_id
-    if fast and _use_fast_decode(lm):
-        output = greedy_generate(
-            lm.model,
-            input_ids,
-            attention,
-            max_new_tokens,
-            eos_token_id=eos,
-            pad_token_id=pad,
-            compile_step=compile_decode,
-        )
-    else:
-        output = lm.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-            eos_token_id=eos,
-        )
-    return lm.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+    tokens, _ = _greedy(lm, input_ids, attention, max_new_tokens, compile_decode)
+    return lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
 
 def _use_fast_decode(lm: LoadedModel) -> bool:

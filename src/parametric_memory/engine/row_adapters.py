@@ -8,12 +8,21 @@ over the shards i chosen for it. The sum is one LoRA update of rank k * r, with 
 shards' A side by side and B their weighted B stacked, so each adapted layer computes it
 with `slot_linear.SlotLinear` (a batched matmul per layer) however many shards the rows
 use. Rows of different shards share one batch: nothing is merged into the base weights.
+
+Saved adapters live in an `AdapterBank` on the model's device (disk to device, least
+recently used out), one tensor per adapted layer with a slot per adapter, so a batch's
+updates are gathered on the device in a few kernels per layer, not copied row by row. The
+per-row updates are written into buffers kept for each batch shape: a decode step captured
+in a CUDA graph with one batch reads the next batch's updates from the same memory
+(`graph_key` tells the fast decoder so).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -22,73 +31,238 @@ from torch import nn
 from .slot_linear import SlotLinear, base_weight
 
 _ADAPTER = "default"
+_EMPTY = 0
+"""The bank's slot of zeros: what a row with fewer adapters than the batch's widest gets."""
+_SHAPES_KEPT = 2
+"""Batch shapes (rows, adapters a row) whose buffers the bank keeps."""
 
-WeightedAdapters = Sequence[tuple[Mapping[str, torch.Tensor], float]]
-"""One row's adapters: each a saved adapter's state dict (peft's keys, as its file holds
-them) with the weight of its update."""
+WeightedKeys = Sequence[tuple[Hashable, float]]
+"""One row's adapters: each the key its bank loads it by, with the weight of its update."""
 
 
-class RowAdapters:
-    """Per-row adapter sums for one batch of `model` (a peft model with one LoRA adapter,
-    whose shape every state dict has)."""
+class AdapterBank:
+    """Saved adapters of `model`'s shape (a peft model with one LoRA adapter) on its device,
+    at most `budget` bytes of them, loaded by key with `load` (a state dict with peft's keys,
+    as a saved adapter file holds them) when first used."""
 
-    def __init__(self, model: nn.Module, rows: Sequence[WeightedAdapters]) -> None:
-        if not rows:
-            raise ValueError("no rows to compose adapters for")
+    def __init__(
+        self, model: nn.Module, load: Callable[[Hashable], Mapping[str, torch.Tensor]], budget: int
+    ) -> None:
         named = [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLayer)]
         if not named:
             raise ValueError("the model has no LoRA adapter to compose")
-        self._layers = [module for _, module in named]
-        dtype = model.get_input_embeddings().weight.dtype
-        width = max(1, max(len(row) for row in rows))
-        self._views = [_stacked(layer, name, rows, width, dtype) for name, layer in named]
+        self._load = load
+        self._dtype = model.get_input_embeddings().weight.dtype
+        self._layers = [_BankLayer.of(name, layer) for name, layer in named]
+        per_adapter = sum(layer.numel for layer in self._layers) * _itemsize(self._dtype)
+        self.slots = max(1, budget // per_adapter)
+        """The most adapters it holds."""
+        self._allocated = 0
+        self._a: list[torch.Tensor] = []
+        self._b: list[torch.Tensor] = []
+        self._slot_of: OrderedDict[Hashable, int] = OrderedDict()
+        self._buffers: OrderedDict[tuple[int, int], _RowBuffers] = OrderedDict()
 
     @contextlib.contextmanager
-    def attached(self) -> Iterator[None]:
-        """Inside, each adapted layer computes its base output plus each row's sum (the
-        layer's own adapter is not used); outside, the layers are as before."""
-        if any("forward" in vars(layer) for layer in self._layers):
+    def attached(self, rows: Sequence[WeightedKeys], capacity: int = 0) -> Iterator[None]:
+        """Inside, each adapted layer computes its base output plus each row's weighted sum
+        (the layer's own adapter is not used) for up to `capacity` rows (at least
+        len(rows); rows past len(rows) get no update); outside, the layers are as before."""
+        if not rows:
+            raise ValueError("no rows to compose adapters for")
+        if any("forward" in vars(layer.module) for layer in self._layers):
             raise RuntimeError("the LoRA layers already compute with another forward")
-        for layer, (a, b) in zip(self._layers, self._views, strict=True):
-            layer.forward = _row_forward(layer, a, b)
+        buffers = self._filled(rows, max(capacity, len(rows)))
+        for layer, a, b in zip(self._layers, buffers.a, buffers.b, strict=True):
+            layer.module.forward = _row_forward(layer.module, a, b)
         try:
             yield
         finally:
             for layer in self._layers:
-                del layer.forward  # the class's forward again
+                del layer.module.forward  # the class's forward again
+
+    def _filled(self, rows: Sequence[WeightedKeys], capacity: int) -> _RowBuffers:
+        width = max(1, max(len(row) for row in rows))
+        slots, weights = self._slots(rows, capacity, width)
+        buffers = self._buffers_for(capacity, width)
+        for a, b, bank_a, bank_b in zip(buffers.a, buffers.b, self._a, self._b, strict=True):
+            _, inputs, _ = a.shape
+            gathered = bank_a[slots]  # [capacity, width, in, r]
+            a.view(capacity, inputs, width, -1).copy_(gathered.permute(0, 2, 1, 3))
+            weighted = b.view(capacity, width, -1, b.shape[2])
+            torch.mul(bank_b[slots], weights[..., None, None], out=weighted)
+        return buffers
+
+    def _slots(
+        self, rows: Sequence[WeightedKeys], capacity: int, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's bank slots and weights, [capacity, width], its adapters loaded."""
+        self.load([key for row in rows for key, _ in row])
+        slots = [[_EMPTY] * width for _ in range(capacity)]
+        weights = [[0.0] * width for _ in range(capacity)]
+        for index, row in enumerate(rows):
+            for position, (key, weight) in enumerate(row):
+                slots[index][position] = self._slot_of[key]
+                weights[index][position] = float(weight)
+        device = self._layers[0].device
+        return (
+            torch.tensor(slots, device=device),
+            torch.tensor(weights, dtype=self._dtype, device=device),
+        )
+
+    def load(self, keys: Sequence[Hashable]) -> None:
+        """Bring `keys` into the bank (least recently used out, none of `keys`)."""
+        keys = list(dict.fromkeys(keys))
+        if len(keys) > self.slots:
+            raise ValueError(f"{len(keys)} adapters at once; the bank holds {self.slots}")
+        missing = [key for key in keys if key not in self._slot_of]
+        for key in keys:
+            if key in self._slot_of:
+                self._slot_of.move_to_end(key)
+        free = self._free_slots(len(missing))
+        for key, slot in zip(missing, free, strict=True):
+            self._store(slot, self._load(key))
+            self._slot_of[key] = slot
+
+    def _free_slots(self, count: int) -> list[int]:
+        """`count` slots to load into: unused ones, the bank grown (up to `slots`), then the
+        least recently used ones."""
+        used = set(self._slot_of.values())
+        free = [slot for slot in range(1, self._allocated + 1) if slot not in used][:count]
+        if len(free) < count and self._allocated < self.slots:
+            wanted = max(2 * self._allocated, self._allocated + count - len(free))
+            self._grow(min(self.slots, wanted))
+            return self._free_slots(count)
+        while len(free) < count:
+            _, slot = self._slot_of.popitem(last=False)
+            free.append(slot)
+        return free
+
+    def _grow(self, slots: int) -> None:
+        """Room for `slots` adapters (and the empty slot), those held kept."""
+        grown = [layer.bank(slots + 1, self._dtype) for layer in self._layers]
+        grown_a, grown_b = [a for a, _ in grown], [b for _, b in grown]
+        if self._a:
+            for new, held in zip(grown_a + grown_b, self._a + self._b, strict=True):
+                new[: held.shape[0]].copy_(held)
+        self._a, self._b, self._allocated = grown_a, grown_b, slots
+
+    def _store(self, slot: int, state: Mapping[str, torch.Tensor]) -> None:
+        for layer, bank_a, bank_b in zip(self._layers, self._a, self._b, strict=True):
+            a, b = layer.read(state)
+            bank_a[slot].copy_(a.t())
+            bank_b[slot].copy_(b.t() * layer.scaling)
+
+    def _buffers_for(self, capacity: int, width: int) -> _RowBuffers:
+        key = (capacity, width)
+        if key in self._buffers:
+            self._buffers.move_to_end(key)
+            return self._buffers[key]
+        while len(self._buffers) >= _SHAPES_KEPT:
+            self._buffers.popitem(last=False)
+        shaped = [layer.bank(capacity, self._dtype, width) for layer in self._layers]
+        buffers = _RowBuffers([a for a, _ in shaped], [b for _, b in shaped])
+        self._buffers[key] = buffers
+        return buffers
 
 
-def _stacked(
-    layer: LoraLayer, name: str, rows: Sequence[WeightedAdapters], width: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's A [rows, in, width * r] and scaled, weighted B [rows, width * r, out]; a row
-    with fewer than `width` adapters (none: the base model) gets zeros for the rest."""
-    key_a, key_b = f"{name}.lora_A.weight", f"{name}.lora_B.weight"
-    scaling = layer.scaling[_ADAPTER]
-    own_a, own_b = layer.lora_A[_ADAPTER].weight, layer.lora_B[_ADAPTER].weight
-    zero_a = torch.zeros(own_a.shape[1], own_a.shape[0], device=own_a.device)
-    zero_b = torch.zeros(own_b.shape[1], own_b.shape[0], device=own_b.device)
-    a_rows, b_rows = [], []
-    for row in rows:
-        a_parts, b_parts = [], []
-        for state, weight in row:
-            if key_a not in state or key_b not in state:
-                raise KeyError(f"an adapter lacks {key_a} or {key_b}")
-            a_parts.append(state[key_a].to(own_a.device, torch.float32).t())  # [in, r]
-            b = state[key_b].to(own_b.device, torch.float32).t()  # [r, out]
-            b_parts.append(b * (weight * scaling))
-        a_parts += [zero_a] * (width - len(row))
-        b_parts += [zero_b] * (width - len(row))
-        a_rows.append(torch.cat(a_parts, dim=1))
-        b_rows.append(torch.cat(b_parts, dim=0))
-    return torch.stack(a_rows).to(dtype), torch.stack(b_rows).to(dtype)
+@dataclass(frozen=True)
+class RowChoices:
+    """Each row's adapters (keys of `bank`, weighted) for a batch generation."""
+
+    bank: AdapterBank
+    rows: Sequence[WeightedKeys]
+
+    def attached(self, indices: Sequence[int], capacity: int = 0):
+        """`bank.attached` for the rows at `indices`, in that order."""
+        return self.bank.attached([self.rows[i] for i in indices], capacity)
+
+    @property
+    def rows_at_once(self) -> int:
+        """The most rows one batch may hold: all their adapters must fit in the bank."""
+        widest = max((len(row) for row in self.rows), default=1)
+        return max(1, self.bank.slots // max(1, widest))
+
+    def loaded(self) -> RowChoices:
+        """These choices, every row's adapters read into the bank now (their read errors
+        raised here, not once generation starts)."""
+        self.bank.load([key for row in self.rows for key, _ in row])
+        return self
+
+
+@dataclass(frozen=True)
+class _RowBuffers:
+    a: list[torch.Tensor]
+    """Per layer [capacity, in, width * r]: each row's A side by side."""
+    b: list[torch.Tensor]
+    """Per layer [capacity, width * r, out]: each row's B, scaled and weighted, stacked."""
+
+
+@dataclass(frozen=True)
+class _BankLayer:
+    module: LoraLayer
+    key_a: str
+    key_b: str
+    inputs: int
+    rank: int
+    outputs: int
+    scaling: float
+    device: torch.device
+
+    @staticmethod
+    def of(name: str, module: LoraLayer) -> _BankLayer:
+        own_a, own_b = module.lora_A[_ADAPTER].weight, module.lora_B[_ADAPTER].weight
+        rank, inputs = own_a.shape
+        return _BankLayer(
+            module,
+            f"{name}.lora_A.weight",
+            f"{name}.lora_B.weight",
+            inputs,
+            rank,
+            own_b.shape[0],
+            float(module.scaling[_ADAPTER]),
+            own_a.device,
+        )
+
+    @property
+    def numel(self) -> int:
+        return self.rank * (self.inputs + self.outputs)
+
+    def bank(
+        self, rows: int, dtype: torch.dtype, width: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zeros for `rows` A [in, width * r] and B [width * r, out]."""
+        rank = width * self.rank
+        return (
+            torch.zeros((rows, self.inputs, rank), dtype=dtype, device=self.device),
+            torch.zeros((rows, rank, self.outputs), dtype=dtype, device=self.device),
+        )
+
+    def read(self, state: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's A [r, in] and B [out, r] from a saved adapter, in float32 here."""
+        if self.key_a not in state or self.key_b not in state:
+            raise KeyError(f"an adapter lacks {self.key_a} or {self.key_b}")
+        a = state[self.key_a].to(self.device, torch.float32)
+        b = state[self.key_b].to(self.device, torch.float32)
+        if a.shape != (self.rank, self.inputs) or b.shape != (self.outputs, self.rank):
+            raise KeyError(f"an adapter's {self.key_a} has another shape than the model's")
+        return a, b
 
 
 def _row_forward(layer: LoraLayer, a: torch.Tensor, b: torch.Tensor):
     weight, bias = base_weight(layer.get_base_layer())
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        rows = x.reshape(a.shape[0], -1, a.shape[1]).to(a.dtype)
-        return SlotLinear.apply(rows, None, weight, bias, a, b).view(*x.shape[:-1], b.shape[2])
+        rows = x.shape[0]
+        flat = x.reshape(rows, -1, a.shape[1]).to(a.dtype)
+        y = SlotLinear.apply(flat, None, weight, bias, a[:rows], b[:rows])
+        return y.view(*x.shape[:-1], b.shape[2])
 
+    # What a CUDA graph captured through this forward reads: the same buffers hold every
+    # batch of this shape, so a graph captured with one batch is right for the next.
+    forward.graph_key = (a.data_ptr(), tuple(a.shape), b.data_ptr(), tuple(b.shape))
     return forward
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
