@@ -46,17 +46,22 @@ def test_answer_confidence_averages_up_to_and_with_the_first_end_token():
     assert answer_confidence(logprobs, torch.tensor([5, 6, 7, 8, 9]), eos=2) == pytest.approx(-4.5)
 
 
-def test_a_one_token_answer_has_the_log_probability_of_the_greedy_token(memory):
+def test_a_one_token_answer_has_the_log_probability_of_the_greedy_token_with_and_without_its_shard(
+    memory,
+):
     lm = memory.model
     shard = memory.documents["payroll"].shard
     manifest = store.read_manifest(memory.root)
     state = load_file(store.shard_weights(memory.root, manifest, shard))
     rows = RowChoices(AdapterBank(lm.model, lambda _: state, 1 << 24), [[("payroll", 1.0)]])
-    [(_, confidence)] = generate_scored(lm, [QUESTIONS[1]], 1, 4, rows)
+    [(_, confidence, base_confidence)] = generate_scored(lm, [QUESTIONS[1]], 1, 4, rows)
     ids = torch.tensor(encode_prompts(lm.tokenizer, [QUESTIONS[1]]))
     with rows.attached([0]), torch.no_grad():
         logits = lm.model(input_ids=ids).logits[0, -1].float()
+    with lm.model.disable_adapter(), torch.no_grad():
+        base = lm.model(input_ids=ids).logits[0, -1].float().log_softmax(-1)
     assert confidence == pytest.approx(float(logits.log_softmax(-1).max()), abs=1e-4)
+    assert base_confidence == pytest.approx(float(base[logits.argmax()]), abs=1e-4)
 
 
 def test_each_question_gets_its_top_shards_answers_best_routed_first(memory):

@@ -58,9 +58,10 @@ the base weights (CUDA's fast decoder); fewer share batches with other shards' q
 each row with its own adapter, which costs far less than a merge and a batch per shard."""
 _ROW_BATCH = 64
 """Questions per batch when each row computes its own adapter's update."""
-_BANK_BYTES = 512 << 20
+_BANK_BYTES = 2 << 30
 """Most bytes of shards' saved weights kept on the model's device for per-row answers
-(650 shards of the default adapter), least recently used out."""
+(2,700 shards of the default adapter), least recently used out; the bank grows to it only
+as shards are used."""
 
 
 class MemoryInfo(BaseModel):
@@ -98,6 +99,9 @@ class Candidate:
     """Mean log-probability of the answer's tokens under the shard's weights."""
     router_score: float
     """BM25 score of the shard's best chunk for the question."""
+    base_confidence: float = 0.0
+    """Mean log-probability of the same tokens under the base model (no shard): how much
+    the shard's weights raised its answer is `confidence - base_confidence`."""
 
 
 class ParametricMemory:
@@ -509,9 +513,18 @@ class ParametricMemory:
             for shard in record.shards:
                 held.setdefault(shard, []).append(document)
         answered: list[list[Candidate]] = [[] for _ in questions]
-        for (i, shard, score), (text, confidence) in zip(pairs, scored, strict=True):
-            answer = Candidate(shard, held.get(shard, []), text.strip(), confidence, score)
-            answered[i].append(answer)
+        for (i, shard, score), answer in zip(pairs, scored, strict=True):
+            documents = held.get(shard, [])
+            answered[i].append(
+                Candidate(
+                    shard,
+                    documents,
+                    answer.text.strip(),
+                    answer.confidence,
+                    score,
+                    answer.base_confidence,
+                )
+            )
         return answered
 
     def stream(

@@ -13,6 +13,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from queue import Empty
 from threading import Event, Thread
+from typing import NamedTuple
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
@@ -114,19 +115,52 @@ def generate_scored(
 ) -> list[tuple[str, float]]:
     """Greedy answers to `users`, each with its own adapters (as `generate`), and the model's
     confidence in each: the mean log-probability of the answer's tokens (up to and with its
-    end-of-answer token) under the weights that wrote it."""
+    end-of-answer token) under the weights that wrote it, and under the base model (no
+    adapter): what the weights added to it."""
     _check_rows(users, adapters)
-    if adapters is not None:
-        batch_size = min(batch_size, adapters.rows_at_once)
+    batch_size = min(batch_size, adapters.rows_at_once)
     encoded = encode_prompts(lm.tokenizer, users)
-    scored: list[tuple[str, float]] = [("", 0.0)] * len(encoded)
+    scored: list[Scored] = [Scored("", 0.0, 0.0)] * len(encoded)
     for batch in _length_batches(encoded, batch_size):
-        prompts = [encoded[i] for i in batch]
+        input_ids, attention = _left_padded(lm, [encoded[i] for i in batch])
         with _rows_attached(lm, adapters, batch):
-            pairs = _scored_batch(lm, prompts, max_new_tokens)
-        for index, pair in zip(batch, pairs, strict=True):
-            scored[index] = pair
+            tokens, chosen = _greedy(lm, input_ids, attention, max_new_tokens, scored=True)
+        assert chosen is not None
+        base = _base_log_probabilities(lm, input_ids, attention, tokens)
+        texts = lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        eos = lm.tokenizer.eos_token_id
+        for row, index in enumerate(batch):
+            confidence = answer_confidence(chosen[row], tokens[row], eos)
+            base_confidence = answer_confidence(base[row], tokens[row], eos)
+            scored[index] = Scored(texts[row], confidence, base_confidence)
     return scored
+
+
+class Scored(NamedTuple):
+    """A greedy answer and the mean log-probability of its tokens (`answer_confidence`)."""
+
+    text: str
+    confidence: float
+    """Under the weights that wrote it."""
+    base_confidence: float
+    """Under the base model."""
+
+
+@torch.inference_mode()
+def _base_log_probabilities(
+    lm: LoadedModel, input_ids: torch.Tensor, attention: torch.Tensor, tokens: torch.Tensor
+) -> torch.Tensor:
+    """The log-probability of each of `tokens` (the answers to left-padded prompts) under
+    the base model, [rows, steps], from one forward pass over prompts and answers."""
+    steps = tokens.shape[1]
+    ids = torch.cat([input_ids, tokens], dim=1)
+    mask = torch.cat([attention, torch.ones_like(tokens)], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with adapter_disabled(lm.model):
+        logits = lm.model(
+            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=steps + 1
+        ).logits[:, :steps]
+    return logits.float().log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def _check_rows(users: Sequence[str], adapters: RowChoices | None) -> None:
@@ -157,21 +191,6 @@ def _left_padded(lm: LoadedModel, prompts: list[list[int]]) -> tuple[torch.Tenso
         [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=lm.device
     )
     return input_ids, attention
-
-
-@torch.inference_mode()
-def _scored_batch(
-    lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int
-) -> list[tuple[str, float]]:
-    input_ids, attention = _left_padded(lm, prompts)
-    eos = lm.tokenizer.eos_token_id
-    tokens, chosen = _greedy(lm, input_ids, attention, max_new_tokens, scored=True)
-    assert chosen is not None
-    texts = lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-    return [
-        (text, answer_confidence(row_logprobs, row_tokens, eos))
-        for text, row_logprobs, row_tokens in zip(texts, chosen, tokens, strict=True)
-    ]
 
 
 def _greedy(
