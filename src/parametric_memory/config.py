@@ -212,10 +212,11 @@ class RoutingConfig(_Config):
     shards_per_question: int = Field(1, ge=1, le=16)
     """A question is answered with the sum of its top shards' updates (by BM25 match of their
     best chunk), so an answer may draw on several documents and survive a routing miss. 1:
-    the best shard alone. Questions of different shards share a batch, each row computing
-    its own sum (rank k * r, on the fast decoder, the shards kept on the device); a shard
-    with many of a batch's questions has its update merged into the base weights on CUDA
-    for them instead."""
+    the best shard alone, the default (a second shard's update, summed in, blurs a
+    single-passage answer more than it rescues routing misses). Questions of different
+    shards share a batch, each row computing its own sum (rank k * r, on the fast decoder,
+    the shards kept on the device); a shard with many of a batch's questions has its update
+    merged into the base weights on CUDA for them instead."""
     weights: Literal["relative", "equal"] = "relative"
     """How the top shards' updates are weighted: "relative", the best shard 1 and each other
     its BM25 score over the best's; "equal", 1 each (PRAG's sum)."""
@@ -223,7 +224,10 @@ class RoutingConfig(_Config):
     """"router": the shards BM25 ranks first answer. "confidence" (self-routing): each of
     the router's top `candidates` shards answers alone, and the answer the model is surest
     of (highest mean log-probability of its tokens) is kept; it costs `candidates` answers
-    per question and uses one shard (`shards_per_question` 1)."""
+    per question and uses one shard (`shards_per_question` 1). Opt-in: on single-passage
+    questions the model is often surest of a wrong shard's short generic answer, and the
+    router's pick answers better (benchmarks/RESULTS.md, "Answering"); it helps where the
+    router's first shard cannot hold the answer (questions that need a second document)."""
     candidates: int = Field(3, ge=2, le=16)
     """Shards self-routing chooses among."""
 
