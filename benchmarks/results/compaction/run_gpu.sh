@@ -21,6 +21,7 @@ if [ "$step" = setup-b ]; then
   exit 0
 fi
 if [ "$step" = tests ]; then  # the CUDA equivalence tests (they skip on a CPU)
+  export PYTHONPATH=$PWD/src
   timeout ${LIMIT:-240} python3 -m pytest -q -x -p no:cacheprovider tests/test_answer_indexing.py \
     tests/test_consolidate.py tests/test_fast_generation.py tests/test_fused_kernels.py \
     tests/test_merged_adapter.py tests/test_parallel_shards.py tests/test_house_plan.py \
