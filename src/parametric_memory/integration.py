@@ -100,9 +100,9 @@ def model_lock(memory: ParametricMemory) -> threading.RLock:
 
 
 def ask(memory: ParametricMemory, question: str, max_new_tokens: int) -> str:
-    """`memory.ask(question)` under the memory's model lock."""
-    with model_lock(memory):
-        return memory.ask(question, max_new_tokens=max_new_tokens)
+    """`memory.ask(question)`. Not under `model_lock`: the memory takes its own turns, and
+    questions of threads asking at once are answered in one batch."""
+    return memory.ask(question, max_new_tokens=max_new_tokens)
 
 
 async def aiterate(iterator: Iterator[T]) -> AsyncIterator[T]:

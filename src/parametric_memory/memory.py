@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import store
+from .coalescing import Coalescer
 from .compaction import Compaction, level_zero
 from .config import CompactionConfig, MemoryConfig, RoutingConfig
 from .documents import make_documents, read_files
@@ -125,6 +126,8 @@ class ParametricMemory:
         memory (async integrations run calls in threads) take turns on the one model."""
         self._routing_here: RoutingConfig | None = None
         """How this process routes questions, where `open` was given it (not saved)."""
+        self._asks = Coalescer(self._model_lock, _ROW_BATCH)
+        """Single questions of several threads, answered in shared batches."""
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -449,13 +452,20 @@ class ParametricMemory:
         shards_per_question: int | None = None,
         selection: Literal["router", "confidence"] | None = None,
     ) -> str:
-        """Answer from the weights alone: the question is the whole prompt."""
-        return self.ask_batch(
-            [question],
-            max_new_tokens=max_new_tokens,
-            shards_per_question=shards_per_question,
-            selection=selection,
-        )[0]
+        """Answer from the weights alone: the question is the whole prompt. Threads asking
+        at once (LangChain's `batch`, async integrations, a server) are answered together:
+        the next to get the model answers every question waiting with the same settings
+        in one batch (`ask_batch`)."""
+        check_max_new_tokens(max_new_tokens)
+        _check_query(question, "question")
+        self._routing(shards_per_question, selection)  # refused here, in the asker's thread
+        options = {
+            "max_new_tokens": max_new_tokens,
+            "shards_per_question": shards_per_question,
+            "selection": selection,
+        }
+        settings = tuple(options.items())
+        return self._asks.answer(question, settings, lambda qs: self.ask_batch(qs, **options))
 
     def ask_batch(
         self,

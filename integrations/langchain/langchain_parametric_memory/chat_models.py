@@ -21,7 +21,6 @@ from ._memory import (
     count_prompt_tokens,
     count_tokens,
     messages_to_question,
-    model_lock,
     model_name,
     open_memory_input,
     stream_answer,
@@ -143,8 +142,9 @@ class ChatParametricMemory(BaseChatModel):
     ) -> ChatResult:
         question = self._question(messages)
         max_tokens = kwargs.get("max_tokens", self.max_tokens)
-        with model_lock(self.memory):
-            raw = self.memory.ask(question, max_new_tokens=max_tokens)
+        # Not under model_lock: threads asking at once (`batch`, `abatch`) are answered
+        # together in one batch by the memory itself.
+        raw = self.memory.ask(question, max_new_tokens=max_tokens)
         text, stopped = _cut_at_stop(raw, stop or self.stop)
         usage = self._usage(question, raw)
         finish = "stop" if stopped or usage["output_tokens"] < max_tokens else "length"
