@@ -87,28 +87,51 @@ def test_every_caller_of_a_failed_batch_gets_its_error_and_the_next_batch_runs()
     assert coalescer.answer("w", 0, lambda qs: ["ok"] * len(qs)) == "ok"
 
 
-def test_threads_asking_a_memory_at_once_are_answered_in_one_batch(
-    tmp_path, tiny_config, monkeypatch
-):
+@pytest.fixture
+def memory(tmp_path, tiny_config) -> ParametricMemory:
     memory = ParametricMemory.create(tmp_path / "m", tiny_config)
     memory.add_documents(list(FACTS.values()), ids=list(FACTS), progress=False)
-    expected = memory.ask_batch(QUESTIONS, max_new_tokens=6)
-    calls = []
-    ask_batch = memory.ask_batch
+    return memory
 
-    def counted(questions, **settings):
-        calls.append(len(questions))
-        return ask_batch(questions, **settings)
 
-    monkeypatch.setattr(memory, "ask_batch", counted)
+def called_while_busy(memory: ParametricMemory, call) -> list:
+    """`call(question)` of each of QUESTIONS from a thread each, all waiting while a stream
+    holds the model, then let go: the results, in order."""
     with ThreadPoolExecutor(len(QUESTIONS)) as pool:
         busy = memory.stream("Who runs payroll?", max_new_tokens=4)
         next(busy, None)  # the stream holds the model until it is closed
-        futures = [pool.submit(memory.ask, q, max_new_tokens=6) for q in QUESTIONS]
+        futures = [pool.submit(call, question) for question in QUESTIONS]
         wait_until(lambda: memory._asks.waiting == len(QUESTIONS))
         busy.close()
-        answers = [future.result(timeout=120) for future in futures]
+        return [future.result(timeout=120) for future in futures]
+
+
+def counting(monkeypatch, memory: ParametricMemory, name: str) -> list[int]:
+    """The sizes of the batches `memory.<name>` is called with from now on."""
+    calls: list[int] = []
+    method = getattr(memory, name)
+
+    def counted(questions, **settings):
+        calls.append(len(questions))
+        return method(questions, **settings)
+
+    monkeypatch.setattr(memory, name, counted)
+    return calls
+
+
+def test_threads_asking_a_memory_at_once_are_answered_in_one_batch(memory, monkeypatch):
+    expected = memory.ask_batch(QUESTIONS, max_new_tokens=6)
+    calls = counting(monkeypatch, memory, "ask_batch")
+    answers = called_while_busy(memory, lambda q: memory.ask(q, max_new_tokens=6))
     assert answers == expected
+    assert calls == [len(QUESTIONS)]
+
+
+def test_threads_recalling_at_once_are_answered_in_one_batch(memory, monkeypatch):
+    expected = memory.recall_batch(QUESTIONS, max_new_tokens=6)
+    calls = counting(monkeypatch, memory, "recall_batch")
+    recalled = called_while_busy(memory, lambda q: memory.recall(q, max_new_tokens=6))
+    assert recalled == expected
     assert calls == [len(QUESTIONS)]
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-AnswerBatch = Callable[[Sequence[str]], list[str]]
+T = TypeVar("T")
+AnswerBatch = Callable[[Sequence[str]], list[T]]
 """Answers to questions asked with one set of settings, in order."""
 
 
@@ -22,10 +24,10 @@ class _Ask:
     question: str
     settings: Hashable
     done: threading.Event = field(default_factory=threading.Event)
-    answer: str = ""
+    answer: Any = None
     error: BaseException | None = None
 
-    def result(self) -> str:
+    def result(self) -> Any:
         if self.error is not None:
             raise self.error
         return self.answer
@@ -47,9 +49,10 @@ class Coalescer:
         with self._guard:
             return len(self._waiting)
 
-    def answer(self, question: str, settings: Hashable, answer_batch: AnswerBatch) -> str:
+    def answer(self, question: str, settings: Hashable, answer_batch: AnswerBatch[T]) -> T:
         """The answer to `question`, from a batch of every question waiting with the same
-        `settings` (`answer_batch` answers them); its error if that batch failed."""
+        `settings` (`answer_batch` answers them: the same settings, the same function);
+        its error if that batch failed."""
         ask = _Ask(question, settings)
         with self._guard:
             self._waiting.append(ask)
@@ -58,7 +61,7 @@ class Coalescer:
                 self._answer_waiting(settings, answer_batch)
         return ask.result()
 
-    def _answer_waiting(self, settings: Hashable, answer_batch: AnswerBatch) -> None:
+    def _answer_waiting(self, settings: Hashable, answer_batch: AnswerBatch[Any]) -> None:
         with self._guard:
             batch = [ask for ask in self._waiting if ask.settings == settings][: self._most]
             self._waiting = [ask for ask in self._waiting if ask not in batch]

@@ -133,8 +133,7 @@ class ConversationQueue:
         with self._lock:
             if query in self._recalled:
                 return self._recalled[query]
-        with model_lock(self.memory):
-            text = self.memory.recall(query, max_new_tokens=max_new_tokens).text
+        text = self.memory.recall(query, max_new_tokens=max_new_tokens).text
         with self._lock:
             if len(self._recalled) >= self.RECALL_CACHE_SIZE:
                 self._recalled.pop(next(iter(self._recalled)))  # the oldest
@@ -243,15 +242,16 @@ def recall_passages(
             seen.add(key)
             passages.append(Passage(text, kind, prompt, ids))
 
-    with model_lock(memory):
-        first = memory.recall(query, max_new_tokens=max_new_tokens)
-        keep(first.text, "recall", query, list(first.document_ids))
-        prompts = [p.format(query=query, topic=topic) for p in FOLLOW_UP_PROMPTS]
-        while len(passages) < k and prompts:
-            batch, prompts = prompts[: k - len(passages)], prompts[k - len(passages) :]
-            answers = memory.ask_batch(batch, max_new_tokens=max_new_tokens)
-            for prompt, answer in zip(batch, answers, strict=True):
-                keep(answer, "answer", prompt, list(first.document_ids))
+    # Not under model_lock: retrievers' `batch` and async calls recall in threads, and the
+    # memory answers recalls waiting at once in one batch.
+    first = memory.recall(query, max_new_tokens=max_new_tokens)
+    keep(first.text, "recall", query, list(first.document_ids))
+    prompts = [p.format(query=query, topic=topic) for p in FOLLOW_UP_PROMPTS]
+    while len(passages) < k and prompts:
+        batch, prompts = prompts[: k - len(passages)], prompts[k - len(passages) :]
+        answers = memory.ask_batch(batch, max_new_tokens=max_new_tokens)
+        for prompt, answer in zip(batch, answers, strict=True):
+            keep(answer, "answer", prompt, list(first.document_ids))
     return passages
 
 

@@ -127,7 +127,7 @@ class ParametricMemory:
         self._routing_here: RoutingConfig | None = None
         """How this process routes questions, where `open` was given it (not saved)."""
         self._asks = Coalescer(self._model_lock, _ROW_BATCH)
-        """Single questions of several threads, answered in shared batches."""
+        """Single questions and recalls of several threads, answered in shared batches."""
 
     # --- construction -------------------------------------------------------------------
     @classmethod
@@ -464,7 +464,7 @@ class ParametricMemory:
             "shards_per_question": shards_per_question,
             "selection": selection,
         }
-        settings = tuple(options.items())
+        settings = ("ask", *options.items())
         return self._asks.answer(question, settings, lambda qs: self.ask_batch(qs, **options))
 
     def ask_batch(
@@ -728,8 +728,15 @@ class ParametricMemory:
 
     def recall(self, query: str, *, max_new_tokens: int = 192) -> Recollection:
         """Write out, as plain text, what the memory holds about `query` — for handing to
-        another LLM where a retriever's documents would go."""
-        return self.recall_batch([query], max_new_tokens=max_new_tokens)[0]
+        another LLM where a retriever's documents would go. Threads recalling at once are
+        answered in one batch, as `ask` answers them."""
+        check_max_new_tokens(max_new_tokens)
+        _check_query(query, "query")
+        return self._asks.answer(
+            query,
+            ("recall", max_new_tokens),
+            lambda queries: self.recall_batch(queries, max_new_tokens=max_new_tokens),
+        )
 
     def recall_batch(
         self, queries: Sequence[str], *, max_new_tokens: int = 192
