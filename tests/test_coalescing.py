@@ -119,19 +119,15 @@ def counting(monkeypatch, memory: ParametricMemory, name: str) -> list[int]:
     return calls
 
 
-def test_threads_asking_a_memory_at_once_are_answered_in_one_batch(memory, monkeypatch):
-    expected = memory.ask_batch(QUESTIONS, max_new_tokens=6)
-    calls = counting(monkeypatch, memory, "ask_batch")
-    answers = called_while_busy(memory, lambda q: memory.ask(q, max_new_tokens=6))
+@pytest.mark.parametrize("single, batched", [("ask", "ask_batch"), ("recall", "recall_batch")])
+def test_threads_calling_a_memory_at_once_are_answered_in_one_batch(
+    memory, monkeypatch, single, batched
+):
+    expected = getattr(memory, batched)(QUESTIONS, max_new_tokens=6)
+    calls = counting(monkeypatch, memory, batched)
+    one = getattr(memory, single)
+    answers = called_while_busy(memory, lambda q: one(q, max_new_tokens=6))
     assert answers == expected
-    assert calls == [len(QUESTIONS)]
-
-
-def test_threads_recalling_at_once_are_answered_in_one_batch(memory, monkeypatch):
-    expected = memory.recall_batch(QUESTIONS, max_new_tokens=6)
-    calls = counting(monkeypatch, memory, "recall_batch")
-    recalled = called_while_busy(memory, lambda q: memory.recall(q, max_new_tokens=6))
-    assert recalled == expected
     assert calls == [len(QUESTIONS)]
 
 
