@@ -10,6 +10,7 @@ settings in one batch, and hands each waiting caller its own answer.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -17,6 +18,10 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 AnswerBatch = Callable[[Sequence[str]], list[T]]
 """Answers to questions asked with one set of settings, in order."""
+GATHER_S = 0.005
+"""How long a question that finds the model free and no other question waiting waits for
+company: callers started together (a thread pool's `map`) reach the queue milliseconds
+apart, and the first would otherwise be answered alone."""
 
 
 @dataclass(eq=False)
@@ -57,6 +62,8 @@ class Coalescer:
         with self._guard:
             self._waiting.append(ask)
         with self._turn:
+            if self.waiting == 1:
+                time.sleep(GATHER_S)
             while not ask.done.is_set():
                 self._answer_waiting(settings, answer_batch)
         return ask.result()
