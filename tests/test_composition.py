@@ -285,3 +285,19 @@ def test_composed_answers_read_each_shard_file_once(two_shards, monkeypatch):
     again = two_shards.ask_batch(questions, max_new_tokens=4, shards_per_question=2)
     assert first == again
     assert len(reads) == len(set(reads)) == 2
+
+
+def test_many_adapters_of_mixed_dtypes_load_together_each_in_its_own_slot():
+    """More adapters than one load group (64), stored in float32 and bfloat16 alike."""
+    model = peft_model()
+    states = [random_state(model, seed) for seed in range(70)]
+    states[3] = {key: t.to(torch.bfloat16) for key, t in states[3].items()}
+    bank = AdapterBank(model, states.__getitem__, budget=1 << 22)
+    bank.load(range(70))
+    ids = torch.randint(0, 96, (4, 5))
+    picked = [0, 3, 64, 69]
+    with bank.attached([[(key, 1.0)] for key in picked]), torch.no_grad():
+        got = model(input_ids=ids).logits
+    for row, key in enumerate(picked):
+        expected = logits_with(model, ids[row : row + 1], states[key])[0]
+        torch.testing.assert_close(got[row], expected, atol=1e-4, rtol=1e-4)

@@ -34,6 +34,9 @@ _ADAPTER = "default"
 _EMPTY = 0
 """The bank's slot of zeros: what a row with fewer adapters than the batch's widest gets."""
 _SHAPES_KEPT = 2
+_LOADED_TOGETHER = 64
+"""Adapters read from disk and written into the bank in one go (their states held at once
+in host memory)."""
 """Batch shapes (rows, adapters a row) whose buffers the bank keeps."""
 
 WeightedKeys = Sequence[tuple[Hashable, float]]
@@ -120,9 +123,11 @@ class AdapterBank:
             if key in self._slot_of:
                 self._slot_of.move_to_end(key)
         free = self._free_slots(len(missing))
-        for key, slot in zip(missing, free, strict=True):
-            self._store(slot, self._load(key))
-            self._slot_of[key] = slot
+        for start in range(0, len(missing), _LOADED_TOGETHER):
+            end = start + _LOADED_TOGETHER
+            group, slots = missing[start:end], free[start:end]
+            self._store([self._load(key) for key in group], slots)
+            self._slot_of.update(zip(group, slots, strict=True))
 
     def _free_slots(self, count: int) -> list[int]:
         """`count` slots to load into: unused ones, the bank grown (up to `slots`), then the
@@ -147,11 +152,13 @@ class AdapterBank:
                 new[: held.shape[0]].copy_(held)
         self._a, self._b, self._allocated = grown_a, grown_b, slots
 
-    def _store(self, slot: int, state: Mapping[str, torch.Tensor]) -> None:
+    def _store(self, states: list[Mapping[str, torch.Tensor]], slots: list[int]) -> None:
+        """Write `states` into `slots`, a few whole-tensor copies a layer for all of them."""
+        index = torch.tensor(slots, device=self._layers[0].device)
         for layer, bank_a, bank_b in zip(self._layers, self._a, self._b, strict=True):
-            a, b = layer.read(state)
-            bank_a[slot].copy_(a.t())
-            bank_b[slot].copy_(b.t() * layer.scaling)
+            a, b = layer.read(states)
+            bank_a.index_copy_(0, index, a.transpose(1, 2).to(bank_a.dtype))
+            bank_b.index_copy_(0, index, (b.transpose(1, 2) * layer.scaling).to(bank_b.dtype))
 
     def _buffers_for(self, capacity: int, width: int) -> _RowBuffers:
         key = (capacity, width)
@@ -238,15 +245,24 @@ class _BankLayer:
             torch.zeros((rows, rank, self.outputs), dtype=dtype, device=self.device),
         )
 
-    def read(self, state: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """This layer's A [r, in] and B [out, r] from a saved adapter, in float32 here."""
-        if self.key_a not in state or self.key_b not in state:
+    def read(
+        self, states: Sequence[Mapping[str, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's A [n, r, in] and B [n, out, r] of saved adapters, in float32 here
+        (stacked on the host, then one copy to the device each)."""
+        if any(self.key_a not in state or self.key_b not in state for state in states):
             raise KeyError(f"an adapter lacks {self.key_a} or {self.key_b}")
-        a = state[self.key_a].to(self.device, torch.float32)
-        b = state[self.key_b].to(self.device, torch.float32)
-        if a.shape != (self.rank, self.inputs) or b.shape != (self.outputs, self.rank):
-            raise KeyError(f"an adapter's {self.key_a} has another shape than the model's")
-        return a, b
+        a = _stacked([state[self.key_a] for state in states], (self.rank, self.inputs))
+        b = _stacked([state[self.key_b] for state in states], (self.outputs, self.rank))
+        return a.to(self.device, torch.float32), b.to(self.device, torch.float32)
+
+
+def _stacked(tensors: list[torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+    if any(tuple(t.shape) != shape for t in tensors):
+        raise KeyError(f"an adapter holds a tensor of another shape than the model's {shape}")
+    if len({t.dtype for t in tensors}) > 1:  # shards stored in different dtypes
+        tensors = [t.float() for t in tensors]
+    return torch.stack(tensors)
 
 
 def _row_forward(layer: LoraLayer, a: torch.Tensor, b: torch.Tensor):
