@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 from common import MAX_ANSWER_TOKENS, load_documents, open_book_prompt
-from metrics import estimate
+from metrics import estimate, percent
 from quality import RAG_TOP_K, SQUAD, questions_of, sample_documents, score_records
 from retrieval import rank_passages
 
@@ -214,13 +214,10 @@ def render_markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for mode, row in result["rows"].items():
-        mean, (low, high) = row["contains"]["mean"], row["contains"]["ci95"]
         keys = ("first_questions_per_s", "questions_per_s", "p50_s", "p95_s", "peak_gib")
         timing = [row.get(key, "") for key in keys]
         lines.append(
-            f"| {mode} | {100 * mean:.1f}% [{100 * low:.1f}-{100 * high:.1f}] | "
-            + " | ".join(str(t) for t in timing)
-            + " |"
+            f"| {mode} | {percent(row['contains'])} | " + " | ".join(str(t) for t in timing) + " |"
         )
     return "\n".join(lines) + "\n"
 

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from common import answer_prompts, ask_memory, load_documents, open_book_prompt
-from metrics import estimate
+from metrics import estimate, percent
 from quality import (
     SQUAD,
     answer_from_prompts,
@@ -216,12 +216,10 @@ def render_markdown(result: dict, args: argparse.Namespace) -> str:
         "|---|---|---|---|---|---|",
     ]
     for name, row in result["rows"].items():
-        c = row["contains"]
-        low, high = c["ci95"]
         mb = row.get("adapter_bytes_per_document")
         seconds = row.get("compaction_seconds", row.get("answer_seconds", ""))
         lines.append(
-            f"| {name} | {100 * c['mean']:.1f}% [{100 * low:.1f}-{100 * high:.1f}] "
+            f"| {name} | {percent(row['contains'])} "
             f"| {row['f1']['mean']:.3f} | {row.get('shards', '')} "
             f"| {'' if mb is None else f'{mb / 1e6:.2f}'} | {seconds} |"
         )

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import load_documents
-from metrics import estimate, normalise
+from metrics import estimate, normalise, percent
 
 from parametric_memory import store
 from parametric_memory.records import Chunk, TransferItem
@@ -467,7 +467,7 @@ def render_markdown(result: dict) -> str:
         "|---|---|---|---|---|---|",
         f"| {result['chunks']} | {result['chunks_with_facts']} | {result['kept_items']} "
         f"| {result['facts']} | {result['covered']} ({_ratio(result['pooled_coverage'])}) "
-        f"| {_percent(result['coverage'])} |",
+        f"| {percent(result['coverage'])} |",
         "",
         "| fact rule | facts | covered | share |",
         "|---|---|---|---|",
@@ -501,12 +501,12 @@ def _questions_markdown(section: dict) -> list[str]:
         "",
         "| gold answers | share [95% CI] |",
         "|---|---|",
-        f"| in a kept item answer (asked) | {_percent(section['asked'])} |",
+        f"| in a kept item answer (asked) | {percent(section['asked'])} |",
         *(
-            f"| asked without {kind} items | {_percent(value)} |"
+            f"| asked without {kind} items | {percent(value)} |"
             for kind, value in section["asked_without"].items()
         ),
-        f"| among the facts found | {_percent(section['gold_in_facts'])} |",
+        f"| among the facts found | {percent(section['gold_in_facts'])} |",
     ]
     if "accuracy" in section:
         acc = section["accuracy"]
@@ -520,7 +520,7 @@ def _questions_markdown(section: dict) -> list[str]:
             "|---|---|---|",
             *(
                 f"| {name.replace('_', ' ')} | {acc[name]['questions']} "
-                f"| {_percent(acc[name]['contains']) if acc[name]['questions'] else '-'} |"
+                f"| {percent(acc[name]['contains']) if acc[name]['questions'] else '-'} |"
                 for name in ("asked", "never_asked")
             ),
             *_failed_never_asked(section["per_question"]),
@@ -540,11 +540,6 @@ def _failed_never_asked(questions: Sequence[dict], shown: int = 10) -> list[str]
 
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _percent(value: dict) -> str:
-    low, high = value["ci95"]
-    return f"{100 * value['mean']:.1f}% [{100 * low:.1f}-{100 * high:.1f}]"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from common import MAX_ANSWER_TOKENS, answer_prompts, open_book_prompt
-from metrics import estimate, score_answer
+from metrics import estimate, percent, score_answer
 
 from parametric_memory import MemoryConfig, ParametricMemory
 from parametric_memory.engine.models import load_model
@@ -95,11 +95,7 @@ def render_markdown(rows: dict[str, dict], questions: int) -> str:
         "|---|---|---|",
     ]
     for mode, result in rows.items():
-        mean, (low, high) = result["contains"]["mean"], result["contains"]["ci95"]
-        lines.append(
-            f"| {mode} | {100 * mean:.0f}% [{100 * low:.0f}-{100 * high:.0f}] "
-            f"| {result['f1']['mean']:.3f} |"
-        )
+        lines.append(f"| {mode} | {percent(result['contains'], 0)} | {result['f1']['mean']:.3f} |")
     return "\n".join(lines) + "\n"
 
 

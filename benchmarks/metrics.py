@@ -55,6 +55,12 @@ def bootstrap_ci(
     return (means[int(0.025 * samples)], means[int(0.975 * samples) - 1])
 
 
+def percent(value: dict, digits: int = 1) -> str:
+    """An `estimate` of a share as "mean% [low-high]"."""
+    low, high = value["ci95"]
+    return f"{100 * value['mean']:.{digits}f}% [{100 * low:.{digits}f}-{100 * high:.{digits}f}]"
+
+
 def estimate(values: Sequence[float]) -> dict:
     """The mean with its 95% bootstrap interval: {"mean", "ci95": [low, high]}."""
     values = list(values)
