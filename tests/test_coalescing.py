@@ -33,12 +33,12 @@ def wait_until(condition, seconds: float = 30.0) -> None:
 
 def asked_while_busy(coalescer: Coalescer, turn, asks, answer_batch) -> list:
     """`asks` ((question, settings) pairs) from a thread each while `turn` is held, then
-    released: the answers, in order."""
+    released: the answers, in order, or the error a call raised in its place."""
     with ThreadPoolExecutor(len(asks)) as pool:
         with turn:
             futures = [pool.submit(coalescer.answer, q, s, answer_batch) for q, s in asks]
             wait_until(lambda: coalescer.waiting == len(asks))
-        return [future.result(timeout=60) for future in futures]
+        return [future.exception(timeout=60) or future.result() for future in futures]
 
 
 def test_questions_waiting_with_the_same_settings_share_a_batch():
@@ -77,13 +77,10 @@ def test_every_caller_of_a_failed_batch_gets_its_error_and_the_next_batch_runs()
     def failing(questions):
         raise ValueError(f"cannot answer {len(questions)}")
 
-    with ThreadPoolExecutor(3) as pool:
-        with turn:
-            futures = [pool.submit(coalescer.answer, q, 0, failing) for q in "xyz"]
-            wait_until(lambda: coalescer.waiting == 3)
-        for future in futures:
-            with pytest.raises(ValueError, match="cannot answer 3"):
-                future.result(timeout=60)
+    errors = asked_while_busy(coalescer, turn, [(q, 0) for q in "xyz"], failing)
+    for error in errors:
+        with pytest.raises(ValueError, match="cannot answer 3"):
+            raise error
     assert coalescer.answer("w", 0, lambda qs: ["ok"] * len(qs)) == "ok"
 
 

@@ -112,7 +112,7 @@ def generate_scored(
     max_new_tokens: int,
     batch_size: int,
     adapters: RowChoices,
-) -> list[tuple[str, float]]:
+) -> list[Scored]:
     """Greedy answers to `users`, each with its own adapters (as `generate`), and the model's
     confidence in each: the mean log-probability of the answer's tokens (up to and with its
     end-of-answer token) under the weights that wrote it, and under the base model (no
@@ -121,6 +121,7 @@ def generate_scored(
     batch_size = min(batch_size, adapters.rows_at_once)
     encoded = encode_prompts(lm.tokenizer, users)
     scored: list[Scored] = [Scored("", 0.0, 0.0)] * len(encoded)
+    eos = lm.tokenizer.eos_token_id
     for batch in _length_batches(encoded, batch_size):
         input_ids, attention = _left_padded(lm, [encoded[i] for i in batch])
         with _rows_attached(lm, adapters, batch):
@@ -128,7 +129,6 @@ def generate_scored(
         assert chosen is not None
         base = _base_log_probabilities(lm, input_ids, attention, tokens)
         texts = lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-        eos = lm.tokenizer.eos_token_id
         for row, index in enumerate(batch):
             confidence = answer_confidence(chosen[row], tokens[row], eos)
             base_confidence = answer_confidence(base[row], tokens[row], eos)

@@ -100,7 +100,7 @@ class AdapterBank:
         self, rows: Sequence[WeightedKeys], capacity: int, width: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's bank slots and weights, [capacity, width], its adapters loaded."""
-        self.load([key for row in rows for key, _ in row])
+        self.load(_keys(rows))
         slots = [[_EMPTY] * width for _ in range(capacity)]
         weights = [[0.0] * width for _ in range(capacity)]
         for index, row in enumerate(rows):
@@ -193,7 +193,7 @@ class RowChoices:
     def loaded(self) -> RowChoices:
         """These choices, every row's adapters read into the bank now (their read errors
         raised here, not once generation starts)."""
-        self.bank.load([key for row in self.rows for key, _ in row])
+        self.bank.load(_keys(self.rows))
         return self
 
 
@@ -278,6 +278,10 @@ def _row_forward(layer: LoraLayer, a: torch.Tensor, b: torch.Tensor):
     # batch of this shape, so a graph captured with one batch is right for the next.
     forward.graph_key = (a.data_ptr(), tuple(a.shape), b.data_ptr(), tuple(b.shape))
     return forward
+
+
+def _keys(rows: Sequence[WeightedKeys]) -> list[Hashable]:
+    return [key for row in rows for key, _ in row]
 
 
 def _itemsize(dtype: torch.dtype) -> int:
