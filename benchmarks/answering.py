@@ -6,7 +6,8 @@ questions at a batch size, latency one question at a time, peak GPU memory.
         --questions-per-doc 1 --out /root/res/answering
 
 The memory is one `benchmarks/compaction.py` ingested (same --n, --questions-per-doc: the
-same sampled passages). Modes: top1, top2, top3 (`shards_per_question`), confidence
+same sampled passages). Modes: top1, top2, top3 (`shards_per_question`; BM25's top shards
+re-ranked by the base model, the default), top1-bm25 (BM25's first shard alone), confidence
 (self-routing: `answer_candidates`, the surest of the router's top 3; also scored: the
 router's first candidate and whether any candidate holds the answer), rag (BM25's top 3
 passages in the prompt), in-prompt (the gold passage), base (the question alone). Only the
@@ -31,11 +32,11 @@ from metrics import estimate, percent
 from quality import RAG_TOP_K, SQUAD, questions_of, sample_documents, score_records
 from retrieval import rank_passages
 
-from parametric_memory import Candidate, ParametricMemory
+from parametric_memory import Candidate, ParametricMemory, RoutingConfig
 from parametric_memory.engine.generation import generate
 from parametric_memory.engine.models import LoadedModel, load_model
 
-MODES = ("top1", "top2", "top3", "confidence", "rag", "in-prompt", "base")
+MODES = ("top1", "top1-bm25", "top2", "top3", "confidence", "rag", "in-prompt", "base")
 CANDIDATES = 3
 log = logging.getLogger("answering")
 
@@ -72,6 +73,9 @@ def _mode(
 ) -> tuple[Answerer, list[str]]:
     """How `mode` answers, and the texts it is handed (questions, or prompts with passages)."""
     texts = [q["question"] for _, _, q in questions]
+    if mode == "top1-bm25":
+        plain = _bm25_routed(memory.root)
+        return lambda batch: plain.ask_batch(list(batch), max_new_tokens=MAX_ANSWER_TOKENS), texts
     if mode.startswith("top"):
         k = int(mode[3:])
         return lambda batch: memory.ask_batch(
@@ -111,6 +115,12 @@ class _SelfRouted:
         if len(answered) >= len(self.largest):
             self.largest = answered
         return [max(cs, key=lambda c: c.confidence).answer for cs in answered]
+
+
+@functools.cache
+def _bm25_routed(root: Path) -> ParametricMemory:
+    """The same memory opened again, routing by BM25 alone (no re-ranking)."""
+    return ParametricMemory.open(root, routing=RoutingConfig(rerank=1))
 
 
 @functools.cache

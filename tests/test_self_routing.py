@@ -55,7 +55,7 @@ def test_a_one_token_answer_has_the_log_probability_of_the_greedy_token_with_and
     state = load_file(store.shard_weights(memory.root, manifest, shard))
     rows = RowChoices(AdapterBank(lm.model, lambda _: state, 1 << 24), [[("payroll", 1.0)]])
     [(_, confidence, base_confidence)] = generate_scored(lm, [QUESTIONS[1]], 1, 4, rows)
-    ids = torch.tensor(encode_prompts(lm.tokenizer, [QUESTIONS[1]]))
+    ids = torch.tensor(encode_prompts(lm.tokenizer, [QUESTIONS[1]]), device=lm.device)
     with rows.attached([0]), torch.no_grad():
         logits = lm.model(input_ids=ids).logits[0, -1].float()
     with lm.model.disable_adapter(), torch.no_grad():

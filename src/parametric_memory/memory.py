@@ -44,6 +44,7 @@ from .method.consolidate import attach_adapter, reset_adapter
 from .method.prompts import PROMPT_VERSION, RECALL_TEMPLATE
 from .method.transformation import retrain
 from .records import Chunk, CompactionReport, Document, TransferItem
+from .reranking import reranked
 from .routing import ShardRouter, composition_weights
 from .sharding import items_of_shard
 from .store.verify import record_problems, records_disagreement
@@ -513,7 +514,7 @@ class ParametricMemory:
     def _candidates(
         self, questions: list[str], count: int, max_new_tokens: int
     ) -> list[list[Candidate]]:
-        ranked = self._router().ranked_shards(questions, count)
+        ranked = self._ranked(questions, count)
         pairs = [(i, shard, score) for i, row in enumerate(ranked) for shard, score in row]
         rows = self._row_choices([self._weighted([(shard, 1.0)]) for _, shard, _ in pairs])
         users = [questions[i] for i, _, _ in pairs]
@@ -570,7 +571,7 @@ class ParametricMemory:
                 yield from stream(self._lm, question, max_new_tokens)
 
     def _routed_and_loaded(self, question: str) -> int:
-        shard = self._router().shards_for([question])[0]
+        shard = self._ranked([question], 1)[0][0][0]
         self._activate(shard)
         return shard
 
@@ -651,8 +652,19 @@ class ParametricMemory:
         """Each routing text's top `shards` shards' saved weights, with their weights in its
         sum (`RoutingConfig.weights`)."""
         mode = self._routing(None, None).weights
-        ranked = self._router().ranked_shards(routing_texts, shards)
+        ranked = self._ranked(routing_texts, shards)
         return self._row_choices([self._weighted(composition_weights(q, mode)) for q in ranked])
+
+    def _ranked(self, texts: Sequence[str], shards: int) -> list[list[tuple[int, float]]]:
+        """Each text's top `shards` shards, best first, each with its BM25 score: the
+        router's top `RoutingConfig.rerank` re-ordered by the base model (`reranking.py`)."""
+        routing = self._routing(None, None)
+        router = self._router()
+        if routing.rerank <= 1:
+            return router.ranked_shards(texts, shards)
+        ranked = router.ranked_chunks(texts, max(shards, routing.rerank))
+        ordered = reranked(self._lm, texts, ranked, routing.rerank_bm25_weight)
+        return [row[:shards] for row in ordered]
 
     def _weighted(self, shards: Sequence[tuple[int, float]]) -> WeightedKeys:
         """The saved weights files of `shards` with their weights in a sum; a shard that
@@ -669,7 +681,7 @@ class ParametricMemory:
     ) -> list[str]:
         """Each prompt with its routed shard's weights: a shard with many prompts merged for
         their batch, the others' prompts in shared batches, each row with its own adapter."""
-        shards = self._router().shards_for(routing_texts)
+        shards = [row[0][0] for row in self._ranked(routing_texts, 1)]
         answers = [""] * len(prompts)
         few = []
         for shard in sorted(set(shards)):

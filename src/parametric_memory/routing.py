@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
@@ -46,10 +47,20 @@ _CHUNKS_PER_SHARD_RANKED = 8
 places, so k shards are looked for among the best 8k chunks."""
 
 
+@dataclass(frozen=True)
+class RankedShard:
+    """A shard the router found for a query: its best chunk's BM25 score and text."""
+
+    shard: int
+    score: float
+    chunk: str
+    """The best-matching chunk's text; empty where no chunk shares a word with the query."""
+
+
 def composition_weights(ranked: Sequence[tuple[int, float]], mode: str) -> list[tuple[int, float]]:
     """Each ranked shard's weight in a question's sum of updates (`RoutingConfig.weights`):
-    "equal", 1 each; "relative", its score over the best one's (the best gets 1)."""
-    top = ranked[0][1]
+    "equal", 1 each; "relative", its BM25 score over the highest of them (that one gets 1)."""
+    top = max(score for _, score in ranked)
     if mode == "equal" or top <= 0:
         return [(shard, 1.0) for shard, _ in ranked]
     return [(shard, score / top) for shard, score in ranked]
@@ -91,18 +102,22 @@ class ShardRouter:
         """Up to `k` shards per query, best first, each with the BM25 score of its
         best-matching chunk; the newest shard alone (score 0) where no chunk shares a word
         with the query."""
+        return [[(r.shard, r.score) for r in row] for row in self.ranked_chunks(queries, k)]
+
+    def ranked_chunks(self, queries: Sequence[str], k: int) -> list[list[RankedShard]]:
+        """`ranked_shards` with each shard's best-matching chunk: what a re-ranker reads."""
         if self._index is None or len(set(self._shards)) <= 1:
             only = self._shards[0] if self._shards else self._fallback
-            return [[(only, 1.0)] for _ in queries]
+            return [[RankedShard(only, 1.0, "")] for _ in queries]
         best, scores = self._top(queries, k=k * _CHUNKS_PER_SHARD_RANKED)
         ranked = []
         for row, row_scores in zip(best, scores, strict=True):
-            mine: dict[int, float] = {}
+            mine: dict[int, RankedShard] = {}
             for index, score in zip(row, row_scores, strict=True):
                 shard = self._shards[int(index)]
                 if score > 0 and shard not in mine and len(mine) < k:
-                    mine[shard] = float(score)
-            ranked.append(list(mine.items()) or [(self._fallback, 0.0)])
+                    mine[shard] = RankedShard(shard, float(score), self._chunks[int(index)].text)
+            ranked.append(list(mine.values()) or [RankedShard(self._fallback, 0.0, "")])
         return ranked
 
     def documents_for(self, text: str, limit: int) -> list[str]:

@@ -68,7 +68,7 @@ if [ "$step" = answering ]; then  # answering.py on the level-0 memory of LABEL 
     --questions-per-doc ${Q:-1} --modes ${MODES:-top1,top2,top3,confidence,rag,in-prompt,base} --latency-questions ${LATENCY:-32} \
     --memory /root/mem/${LABEL:-n1048}/level0 --out $A >> $A.log 2>&1
   echo "exit $?"; grep -vE "it/s\]|Warning|warn" $A.log | tail -8 | cut -c1-250
-  cp $A/answering.* $A.log $OUT/ 2>/dev/null; cat $A/answering.md 2>/dev/null
+  cp $A/answering.* $A/candidates.json $A.log $OUT/ 2>/dev/null; cat $A/answering.md 2>/dev/null
   exit 0
 fi
 timeout -k 15 ${LIMIT:-540} python3 compaction.py --data /root/m/squad-dev.jsonl --n ${N:-1048} \

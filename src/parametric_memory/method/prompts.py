@@ -27,6 +27,12 @@ QUESTION_WRITER_PROMPT = (
 BLANK = "____"
 RECALL_TEMPLATE = "Tell me everything you know about {query}."
 """What `ParametricMemory.recall` asks the memory (no text in the prompt) to write out."""
+QUESTION_LIKELIHOOD_TEMPLATE = (
+    "Passage: {chunk}\nPlease write a question based on this passage.\nQuestion:"
+)
+"""What the base model reads before a question when routing re-ranks shards by how likely it
+finds the question after each one's chunk (UPR's layout, plain text: no chat turns). It
+changes no transfer item, so no `PROMPT_VERSION` bump."""
 FOLLOW_UP_PROMPTS = (
     "{query}",
     "What do you remember about {topic}?",
@@ -216,6 +222,11 @@ _PLANNERS = {
     "implications": _implication_prompts,
     "structure": _structure_prompts,
 }
+
+
+def question_likelihood_pair(chunk: str, question: str) -> tuple[str, str]:
+    """The context and the continuation whose likelihood scores `chunk` for `question`."""
+    return QUESTION_LIKELIHOOD_TEMPLATE.format(chunk=chunk.strip()), " " + question.strip()
 
 
 def teacher_prompt(chunk: str, prompt: str) -> str:

@@ -1,0 +1,124 @@
+"""Re-ranking the router's candidates with the base model: the question's likelihood after each
+candidate's chunk (`engine/likelihood.py`, `reranking.py`, `RoutingConfig.rerank`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+from parametric_memory import MemoryConfig, ParametricMemory
+from parametric_memory.engine.generation import encode_texts
+from parametric_memory.engine.likelihood import continuation_log_likelihoods
+from parametric_memory.method.prompts import question_likelihood_pair
+from parametric_memory.reranking import rerank_score, reranked
+from parametric_memory.routing import RankedShard
+
+PAIRS = [
+    ("Passage: The Quillhaven lantern festival is held every May 14.\nQuestion:", " When?"),
+    ("Short:", " Who runs payroll at Brindlewick from the Orsk Hollow office?"),
+    ("Passage: New hires get 27 vacation days.\nQuestion:", " How many vacation days?"),
+]
+
+
+@pytest.fixture
+def lm(tmp_path, tiny_config):
+    return ParametricMemory.create(tmp_path / "m", tiny_config).model
+
+
+def direct_mean(lm, context: str, continuation: str) -> float:
+    """The continuation's mean log-probability from one unpadded forward pass of the base."""
+    head, tail = encode_texts(lm.tokenizer, [context, continuation])
+    ids = torch.tensor([head + tail], device=lm.device)
+    with lm.model.disable_adapter(), torch.no_grad():
+        log_probs = lm.model(input_ids=ids).logits[0].float().log_softmax(-1)
+    predicted = log_probs[len(head) - 1 : -1]
+    return float(predicted.gather(-1, ids[0, len(head) :, None]).mean())
+
+
+def test_a_continuations_likelihood_is_its_mean_log_probability_alone_or_padded_in_a_batch(lm):
+    together = continuation_log_likelihoods(lm, PAIRS, batch_size=3)
+    one_by_one = [continuation_log_likelihoods(lm, [pair], batch_size=1)[0] for pair in PAIRS]
+    direct = [direct_mean(lm, *pair) for pair in PAIRS]
+    assert together == pytest.approx(direct, abs=1e-4)
+    assert one_by_one == pytest.approx(direct, abs=1e-4)
+    assert len(set(together)) == 3 and all(score < 0 for score in together)
+
+
+def test_the_likelihood_is_the_base_models_whatever_adapter_is_loaded(lm):
+    before = continuation_log_likelihoods(lm, PAIRS, batch_size=2)
+    generator = torch.Generator().manual_seed(1)
+    state = get_peft_model_state_dict(lm.model)
+    set_peft_model_state_dict(
+        lm.model, {k: torch.randn(t.shape, generator=generator) for k, t in state.items()}
+    )
+    with torch.no_grad():
+        ids = torch.tensor([encode_texts(lm.tokenizer, ["Short: Who?"])[0]], device=lm.device)
+        with lm.model.disable_adapter():
+            base = lm.model(input_ids=ids).logits
+        assert not torch.allclose(lm.model(input_ids=ids).logits, base)  # the adapter acts
+    assert continuation_log_likelihoods(lm, PAIRS, batch_size=2) == pytest.approx(before, abs=1e-5)
+
+
+def test_an_empty_continuation_is_refused(lm):
+    with pytest.raises(ValueError, match="at least one token"):
+        continuation_log_likelihoods(lm, [("Passage:", "")], batch_size=1)
+    assert continuation_log_likelihoods(lm, [], batch_size=4) == []
+
+
+def test_candidates_are_ordered_by_likelihood_plus_weighted_bm25(lm):
+    question = "When is the lantern festival held?"
+    row = [
+        RankedShard(4, 9.0, "New hires get 27 vacation days."),
+        RankedShard(7, 6.0, "The Quillhaven lantern festival is held every May 14."),
+        RankedShard(2, 3.0, "Payroll is run by Odo Brask."),
+    ]
+    likelihoods = continuation_log_likelihoods(
+        lm, [question_likelihood_pair(c.chunk, question) for c in row], batch_size=3
+    )
+    for weight in (0.0, 1.0):
+        expected = sorted(
+            row,
+            key=lambda c: -rerank_score(likelihoods[row.index(c)], c.score, 9.0, weight),
+        )
+        [ordered] = reranked(lm, [question], [row], weight)
+        assert ordered == [(c.shard, c.score) for c in expected]
+    # BM25 decides where its weight dwarfs the model's differences
+    assert reranked(lm, [question], [row], 100.0) == [[(4, 9.0), (7, 6.0), (2, 3.0)]]
+
+
+def test_a_question_with_one_candidate_keeps_it_unscored(lm):
+    only = [RankedShard(3, 0.0, "")]
+    assert reranked(lm, ["Anything?"], [only], 1.0) == [[(3, 0.0)]]
+
+
+def test_rerank_score_adds_bm25_relative_to_the_best_candidate():
+    assert rerank_score(-2.0, 5.0, 10.0, 1.0) == pytest.approx(-1.5)
+    assert rerank_score(-2.0, 10.0, 10.0, 0.5) == pytest.approx(-1.5)
+    assert rerank_score(-2.0, 0.0, 0.0, 1.0) == pytest.approx(-2.0)
+
+
+def test_a_memory_answers_first_from_the_shard_the_model_ranks_first(tmp_path, tiny_config):
+    facts = {
+        "lanterns": "The Quillhaven lantern festival is held every May 14.",
+        "payroll": "Payroll at Brindlewick is run by Odo Brask from the Orsk Hollow office.",
+        "bridge": "The Tarrow Bridge over the Quillhaven river opened in 1934 in Brindlewick.",
+    }
+    questions = ["When is the Quillhaven lantern festival?", "Who runs payroll at Brindlewick?"]
+    firsts = {}
+    for rerank in (1, 3):
+        routing = {"rerank": rerank, "rerank_bm25_weight": 0.0}
+        config = MemoryConfig.model_validate({**tiny_config.model_dump(), "routing": routing})
+        memory = ParametricMemory.create(tmp_path / f"m{rerank}", config)
+        memory.add_documents(list(facts.values()), ids=list(facts), progress=False)
+        answered = memory.answer_candidates(questions, candidates=3, max_new_tokens=2)
+        firsts[rerank] = [row[0].document_ids[0] for row in answered]
+        for question, row in zip(questions, answered, strict=True):
+            scores = [c.router_score for c in row]
+            if rerank == 1:
+                assert scores == sorted(scores, reverse=True)  # BM25's order
+            else:
+                pairs = [question_likelihood_pair(facts[c.document_ids[0]], question) for c in row]
+                likelihoods = continuation_log_likelihoods(memory.model, pairs, batch_size=3)
+                assert likelihoods == sorted(likelihoods, reverse=True)  # the model's order
+    assert firsts[1] == ["lanterns", "payroll"]
