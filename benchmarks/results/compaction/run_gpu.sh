@@ -51,7 +51,7 @@ fi
 if [ "$step" = articles ]; then  # long_documents.py: squad-dev's 24 articles as 24 documents
   PASSAGES=""; [ -f /root/mem/n1048/level0/manifest.json ] && PASSAGES="--passages /root/mem/n1048/level0"
   timeout -k 15 ${LIMIT:-540} python3 long_documents.py --data /root/m/squad-dev.jsonl --memory /root/mem/articles \
-    $PASSAGES --out $R/articles > $R/articles.log 2>&1
+    $PASSAGES --config "${CONFIG:-{\}}" --out $R/articles > $R/articles.log 2>&1
   echo "exit $?"; grep -vE "it/s\]|Warning|warn" $R/articles.log | tail -8 | cut -c1-250
   cp $R/articles/long_documents.json $OUT/ 2>/dev/null
   exit 0
