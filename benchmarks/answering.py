@@ -7,7 +7,8 @@ questions at a batch size, latency one question at a time, peak GPU memory.
 
 The memory is one `benchmarks/compaction.py` ingested (same --n, --questions-per-doc: the
 same sampled passages). Modes: top1, top2, top3 (`shards_per_question`; BM25's top shards
-re-ranked by the base model, the default), top1-bm25 (BM25's first shard alone), confidence
+re-ranked by the base model, the default), top1-rerank1 (BM25's first shard alone),
+top1-rerank5 (BM25's top 5 re-ranked), confidence
 (self-routing: `answer_candidates`, the surest of the router's top 3; also scored: the
 router's first candidate and whether any candidate holds the answer), rag (BM25's top 3
 passages in the prompt), in-prompt (the gold passage), base (the question alone). Only the
@@ -36,7 +37,17 @@ from parametric_memory import Candidate, ParametricMemory, RoutingConfig
 from parametric_memory.engine.generation import generate
 from parametric_memory.engine.models import LoadedModel, load_model
 
-MODES = ("top1", "top1-bm25", "top2", "top3", "confidence", "rag", "in-prompt", "base")
+MODES = (
+    "top1",
+    "top1-rerank1",
+    "top1-rerank5",
+    "top2",
+    "top3",
+    "confidence",
+    "rag",
+    "in-prompt",
+    "base",
+)
 CANDIDATES = 3
 log = logging.getLogger("answering")
 
@@ -73,9 +84,9 @@ def _mode(
 ) -> tuple[Answerer, list[str]]:
     """How `mode` answers, and the texts it is handed (questions, or prompts with passages)."""
     texts = [q["question"] for _, _, q in questions]
-    if mode == "top1-bm25":
-        plain = _bm25_routed(memory.root)
-        return lambda batch: plain.ask_batch(list(batch), max_new_tokens=MAX_ANSWER_TOKENS), texts
+    if mode.startswith("top1-rerank"):
+        routed = _reranking(memory.root, int(mode.removeprefix("top1-rerank")))
+        return lambda batch: routed.ask_batch(list(batch), max_new_tokens=MAX_ANSWER_TOKENS), texts
     if mode.startswith("top"):
         k = int(mode[3:])
         return lambda batch: memory.ask_batch(
@@ -118,9 +129,9 @@ class _SelfRouted:
 
 
 @functools.cache
-def _bm25_routed(root: Path) -> ParametricMemory:
-    """The same memory opened again, routing by BM25 alone (no re-ranking)."""
-    return ParametricMemory.open(root, routing=RoutingConfig(rerank=1))
+def _reranking(root: Path, candidates: int) -> ParametricMemory:
+    """The same memory opened again, re-ranking BM25's top `candidates` shards (1: none)."""
+    return ParametricMemory.open(root, routing=RoutingConfig(rerank=candidates))
 
 
 @functools.cache

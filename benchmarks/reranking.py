@@ -13,6 +13,9 @@ GPU, the re-ranking run here (float32 on the CPU). The weight is chosen on the f
     python benchmarks/reranking.py --n 1048 \\
         --candidates benchmarks/results/answering/h100-n1048/candidates.json \\
         --out benchmarks/results/reranking/cpu-n1048
+
+With --more-candidates 3 5 10, routing alone (the answers exist for 3 candidates only): how
+often the gold passage comes first when BM25's top K are re-ranked.
 """
 
 from __future__ import annotations
@@ -44,8 +47,15 @@ def main() -> None:
     questions = questions_of(documents, range(len(documents)))[: args.limit]
     candidates = json.loads(args.candidates.read_text())[: len(questions)]
     texts = [q["question"] for _, _, q in questions]
-    ranked = passage_router(documents).ranked_chunks(texts, CANDIDATES)
+    router = passage_router(documents)
     lm = load_model(MemoryConfig(device=args.device))
+    if args.more_candidates:
+        more = routed_right_by_candidates(lm, router, questions, args)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "more_candidates.json").write_text(json.dumps(more, indent=1))
+        print(json.dumps(more, indent=1))
+        return
+    ranked = router.ranked_chunks(texts, CANDIDATES)
     started = time.perf_counter()
     likelihoods = question_likelihoods(lm, texts, ranked)
     seconds = time.perf_counter() - started
@@ -81,6 +91,32 @@ def passage_router(documents: list[dict]) -> ShardRouter:
         )
     ]
     return ShardRouter(chunks, {d["id"]: i for i, d in enumerate(documents)})
+
+
+def routed_right_by_candidates(lm, router: ShardRouter, questions, args) -> dict:
+    """Of the questions from --calibration on (--limit: up to there), the share routed to
+    the gold passage when BM25's top k are re-ranked, for each k of --more-candidates
+    (no answers: the run's candidates are only the top 3)."""
+    part = questions[args.calibration :]
+    texts = [q["question"] for _, _, q in part]
+    ranked = router.ranked_chunks(texts, max(args.more_candidates))
+    likelihoods = question_likelihoods(lm, texts, ranked)
+    gold = [i for i, _, _ in part]
+    result = {"questions": len(part), "first_question": args.calibration, "rows": {}}
+    for k in [1, *args.more_candidates]:
+        top = [row[:k] for row in ranked]
+        kept = [
+            mine[:k] if len(row) > 1 else [] for mine, row in zip(likelihoods, top, strict=True)
+        ]
+        for weight in args.weights:
+            firsts = [row[0][0] for row in ordered(top, kept, weight)]
+            right = [float(f == g) for f, g in zip(firsts, gold, strict=True)]
+            covered = [float(g in {c.shard for c in row}) for g, row in zip(gold, top, strict=True)]
+            result["rows"][f"top {k}, weight {weight:g}"] = {
+                "routed_right": estimate(right),
+                "gold_among_them": estimate(covered),
+            }
+    return result
 
 
 def routed_row(documents, questions, candidates, firsts: list[int]) -> dict:
@@ -165,6 +201,13 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--calibration", type=int, default=300)
     parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT questions")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--more-candidates",
+        type=int,
+        nargs="+",
+        help="instead: routing alone, BM25's top K re-ranked for each K (questions from "
+        "--calibration to --limit)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     return parser.parse_args()
 
