@@ -458,6 +458,16 @@ def test_the_cli_refuses_a_bad_max_new_tokens_in_one_line_before_loading(
     assert_one_line_error(code, stderr, "max_new_tokens")
 
 
+@pytest.mark.parametrize("value", ["0", "17", "2.5", "three", ""])
+def test_the_cli_refuses_a_bad_rerank_in_one_line_before_loading(two_shards, value):
+    def refuse(config: MemoryConfig, **options) -> None:
+        raise AssertionError("the model was loaded for a refused --rerank")
+
+    with mock.patch.object(memory_module, "load_model", refuse):
+        code, stderr = run_cli("ask", QUESTION, "--memory", str(two_shards), "--rerank", value)
+    assert_one_line_error(code, stderr, "--rerank")
+
+
 def test_the_cli_refuses_an_over_long_question_in_one_line(two_shards):
     code, stderr = run_cli("ask", "x" * (MAX_QUERY_CHARS + 1), "--memory", str(two_shards))
     assert_one_line_error(code, stderr, "MAX_QUERY_CHARS")

@@ -192,6 +192,8 @@ def test_cli_ingest_info_ask_verify_forget(tmp_path, tiny_model_dir):
     info = json.loads(_cli("info", "--memory", mem).stdout)
     assert info["documents"] == 2
     assert _cli("ask", "Where?", "--memory", mem, "--max-new-tokens", "4").returncode == 0
+    bm25_alone = _cli("ask", "Where?", "--memory", mem, "--max-new-tokens", "4", "--rerank", "1")
+    assert bm25_alone.returncode == 0, bm25_alone.stderr
     assert _cli("verify", "--memory", mem).stdout.strip().endswith("ok")
     assert _cli("forget", "a.md", "--memory", mem).returncode == 0
     assert json.loads(_cli("info", "--memory", mem).stdout)["documents"] == 1

@@ -21,10 +21,15 @@ from transformers.utils import logging as transformers_logging
 
 from . import store
 from ._version import __version__
-from .config import CompactionConfig, MemoryConfig
+from .config import CompactionConfig, MemoryConfig, RoutingConfig
 from .distributed import add_documents_distributed, launched_by_torchrun
 from .documents import TEXT_SUFFIXES, read_files
-from .errors import InvalidDocumentError, MemoryExistsError, ParametricMemoryError
+from .errors import (
+    InvalidArgumentError,
+    InvalidDocumentError,
+    MemoryExistsError,
+    ParametricMemoryError,
+)
 from .ingest import IngestReport
 from .memory import MAX_NEW_TOKENS, ParametricMemory, check_max_new_tokens
 from .records import Document
@@ -248,6 +253,12 @@ def _routing_options(command: argparse.ArgumentParser) -> None:
         "--selection",
         choices=("router", "confidence"),
         help="confidence: the surest of the top shards' answers (default: the memory's)",
+    )
+    command.add_argument(
+        "--rerank",
+        metavar="K",
+        help="the model re-orders BM25's top K shards, 1 to 16; 1: BM25 alone (default: the "
+        "memory's)",
     )
 
 
@@ -489,13 +500,28 @@ def _max_new_tokens(value: str | int) -> int:
     return check_max_new_tokens(number)
 
 
-def _open(args: argparse.Namespace) -> ParametricMemory:
-    return ParametricMemory.open(args.memory, device=args.device)
+def _open(args: argparse.Namespace, routing: RoutingConfig | None = None) -> ParametricMemory:
+    return ParametricMemory.open(args.memory, device=args.device, routing=routing)
+
+
+def _rerank_routing(memory: str, value: str | None) -> RoutingConfig | None:
+    """The memory's routing with --rerank's candidates, checked before the model loads."""
+    if value is None:
+        return None
+    try:
+        candidates = RoutingConfig(rerank=value).rerank  # type: ignore[arg-type]
+    except ValidationError as error:
+        reason = error.errors()[0]["msg"]
+        raise InvalidArgumentError(
+            f"--rerank takes a whole number of shards: {reason}, got {value!r}"
+        ) from None
+    saved = store.read_manifest(Path(memory)).config.routing
+    return saved.model_copy(update={"rerank": candidates})
 
 
 def _ask(args: argparse.Namespace) -> int:
     max_new_tokens = _max_new_tokens(args.max_new_tokens)
-    memory = _open(args)
+    memory = _open(args, _rerank_routing(args.memory, args.rerank))
     routing = {"shards_per_question": args.shards_per_question, "selection": args.selection}
     for piece in memory.stream(args.text, max_new_tokens=max_new_tokens, **routing):
         print(piece, end="", flush=True)
