@@ -233,9 +233,9 @@ class RoutingConfig(_Config):
     rerank: int = Field(3, ge=1, le=16)
     """How many of BM25's top shards the base model re-orders before any is chosen, by how
     likely it finds the question after each one's best chunk (`reranking.py`); 1: BM25's
-    order alone. BM25 puts the right shard first for about three questions in four at a
-    thousand passages and in its top three for nine in ten, and a wrong shard's answer is
-    almost always wrong. It costs one forward pass over `rerank` chunks a question, with no
+    order alone. BM25 often ranks a wrong shard first while the right one is among its next
+    few, and a wrong shard's answer is almost always wrong (benchmarks/RESULTS.md,
+    "Answering"). It costs one forward pass over `rerank` chunks a question, with no
     decoding, and no text enters the answering prompt."""
     rerank_bm25_weight: float = Field(1.0, ge=0.0, le=100.0)
     """BM25's say in the re-ranking: a shard's score is the question's mean log-probability

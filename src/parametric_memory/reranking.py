@@ -1,12 +1,12 @@
 """Re-ranking the router's candidate shards with the base model (`RoutingConfig.rerank`).
 
-BM25 puts the shard that holds a question's passage first for about three questions in four
-at a thousand passages, and in its top three for nine in ten; a question routed to the wrong
-shard is almost always answered wrong. The base model reads better than BM25 counts words:
-how likely it finds the question after each candidate's best chunk (query likelihood, as
-UPR re-ranks passages, Sachan et al. 2022) tells the answering passage from one that merely
-shares its words. That costs a forward pass over the candidates' chunks, with no decoding,
-and no text ever enters the answering prompt.
+BM25 often ranks a wrong shard first while the one that holds a question's passage is among
+its next few, and a question routed to the wrong shard is almost always answered wrong. The
+base model reads better than BM25 counts words: how likely it finds the question after each
+candidate's best chunk (query likelihood, as UPR re-ranks passages, Sachan et al. 2022)
+tells the answering passage from one that merely shares its words. That costs a forward
+pass over the candidates' chunks, with no decoding, and no text ever enters the answering
+prompt.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def generate(
         batch_size = min(batch_size, adapters.rows_at_once)
     encoded = encode_prompts(lm.tokenizer, users)
     answers = [""] * len(encoded)
-    for batch in _length_batches(encoded, batch_size):
+    for batch in length_batches(encoded, batch_size):
         prompts = [encoded[i] for i in batch]
         with _rows_attached(lm, adapters, batch):
             texts = _generate_batch(lm, prompts, max_new_tokens, compile_decode)
@@ -122,12 +122,12 @@ def generate_scored(
     encoded = encode_prompts(lm.tokenizer, users)
     scored: list[Scored] = [Scored("", 0.0, 0.0)] * len(encoded)
     eos = lm.tokenizer.eos_token_id
-    for batch in _length_batches(encoded, batch_size):
-        input_ids, attention = _left_padded(lm, [encoded[i] for i in batch])
+    for batch in length_batches(encoded, batch_size):
+        input_ids, attention = left_padded(lm, [encoded[i] for i in batch])
         with _rows_attached(lm, adapters, batch):
             tokens, chosen = _greedy(lm, input_ids, attention, max_new_tokens, scored=True)
         assert chosen is not None
-        base = _base_log_probabilities(lm, input_ids, attention, tokens)
+        base = base_log_probabilities(lm, input_ids, attention, tokens)
         texts = lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         for row, index in enumerate(batch):
             confidence = answer_confidence(chosen[row], tokens[row], eos)
@@ -147,7 +147,7 @@ class Scored(NamedTuple):
 
 
 @torch.inference_mode()
-def _base_log_probabilities(
+def base_log_probabilities(
     lm: LoadedModel, input_ids: torch.Tensor, attention: torch.Tensor, tokens: torch.Tensor
 ) -> torch.Tensor:
     """The log-probability of each of `tokens` (the answers to left-padded prompts) under
@@ -176,14 +176,14 @@ def _rows_attached(lm: LoadedModel, adapters: RowChoices | None, batch: list[int
     return adapters.attached(batch, capacity)
 
 
-def _length_batches(encoded: list[list[int]], batch_size: int) -> Iterator[list[int]]:
+def length_batches(encoded: list[list[int]], batch_size: int) -> Iterator[list[int]]:
     """Indices of `encoded` in batches of `batch_size`, prompts of similar length together."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
 
 
-def _left_padded(lm: LoadedModel, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+def left_padded(lm: LoadedModel, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     pad = lm.tokenizer.pad_token_id
     width = max(len(p) for p in prompts)
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=lm.device)
@@ -246,7 +246,7 @@ def answer_confidence(logprobs: torch.Tensor, tokens: torch.Tensor, eos: int | N
 def _generate_batch(
     lm: LoadedModel, prompts: list[list[int]], max_new_tokens: int, compile_decode: bool
 ) -> list[str]:
-    input_ids, attention = _left_padded(lm, prompts)
+    input_ids, attention = left_padded(lm, prompts)
     tokens, _ = _greedy(lm, input_ids, attention, max_new_tokens, compile_decode)
     return lm.tokenizer.batch_decode(tokens, skip_special_tokens=True)
 

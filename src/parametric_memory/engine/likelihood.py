@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .generation import adapter_disabled, encode_texts
+from .generation import base_log_probabilities, encode_texts, left_padded, length_batches
 from .models import LoadedModel
 
 
@@ -25,9 +25,8 @@ def continuation_log_likelihoods(
     if any(not ids for ids in continuations):
         raise ValueError("every continuation needs at least one token")
     scores = [0.0] * len(pairs)
-    order = sorted(range(len(pairs)), key=lambda i: len(contexts[i]) + len(continuations[i]))
-    for start in range(0, len(order), batch_size):
-        batch = order[start : start + batch_size]
+    joined = [c + t for c, t in zip(contexts, continuations, strict=True)]
+    for batch in length_batches(joined, batch_size):
         means = _batch_means(lm, [contexts[i] for i in batch], [continuations[i] for i in batch])
         for index, mean in zip(batch, means, strict=True):
             scores[index] = mean
@@ -38,24 +37,11 @@ def continuation_log_likelihoods(
 def _batch_means(
     lm: LoadedModel, contexts: list[list[int]], continuations: list[list[int]]
 ) -> list[float]:
-    """Left-padded so every continuation ends at the last position: only the last
-    (longest continuation + 1) positions' logits are computed."""
-    sequences = [c + t for c, t in zip(contexts, continuations, strict=True)]
-    width = max(len(s) for s in sequences)
+    """Contexts left-padded, each continuation right-padded after its own tokens, where the
+    padding changes none of their log-probabilities (attention is causal)."""
+    input_ids, attention = left_padded(lm, contexts)
     steps = max(len(t) for t in continuations)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=lm.device)
-    mask = torch.tensor(
-        [[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=lm.device
-    )
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with adapter_disabled(lm.model):
-        logits = lm.model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=steps + 1
-        ).logits[:, :steps]
-    targets = ids[:, width - steps :]
-    log_probs = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    means = []
-    for row, continuation in enumerate(continuations):
-        means.append(float(log_probs[row, steps - len(continuation) :].mean()))
-    return means
+    pad = lm.tokenizer.pad_token_id
+    tokens = torch.tensor([t + [pad] * (steps - len(t)) for t in continuations], device=lm.device)
+    log_probs = base_log_probabilities(lm, input_ids, attention, tokens)
+    return [float(log_probs[row, : len(t)].mean()) for row, t in enumerate(continuations)]
