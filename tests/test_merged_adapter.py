@@ -99,9 +99,9 @@ def test_a_memory_answers_the_same_merged_or_not(tmp_path, tiny_config, monkeypa
     memory = ParametricMemory.create(tmp_path / "mem", tiny_config)
     memory.add_documents(DOCS, ids=["a", "b"], progress=False)
     questions = ["How many vacation days?", "When is the Zorbian festival?", "Where?"]
-    # one question a call: its shard's whole batch, which CUDA merges (questions of several
-    # shards in one batch compute each row's own update instead)
-    unmerged = [memory.ask(question, max_new_tokens=8) for question in questions]
+    # one question a call: a row with its own adapter, as questions of several shards share
+    # a batch; a shard with a batch's worth of questions gets its update merged on CUDA
+    alone = [memory.ask(question, max_new_tokens=8) for question in questions]
     merges = []
 
     def merging(model, merge):  # what CUDA does
@@ -109,8 +109,11 @@ def test_a_memory_answers_the_same_merged_or_not(tmp_path, tiny_config, monkeypa
         return merged_adapter(model)
 
     monkeypatch.setattr("parametric_memory.memory.answering_weights", merging)
-    assert [memory.ask(question, max_new_tokens=8) for question in questions] == unmerged
-    assert len(merges) == len(questions)
+    assert [memory.ask(question, max_new_tokens=8) for question in questions] == alone
+    assert not merges
+    many = memory.ask_batch([q for q in questions for _ in range(16)], max_new_tokens=8)
+    assert many == [a for a in alone for _ in range(16)]
+    assert len(merges) == 2  # one merge a shard
 
 
 @CUDA

@@ -56,8 +56,9 @@ _READ_ATTEMPTS = 5
 """Reads repeated on newer states when commits keep retiring the one being read."""
 _MERGED_GROUP = 16
 """Questions one shard must have for their batch to be answered with its update merged into
-the base weights (CUDA's fast decoder); fewer share batches with other shards' questions,
-each row with its own adapter, which costs far less than a merge and a batch per shard."""
+the base weights (CUDA's fast decoder); fewer, a lone question included, share batches with
+other shards' questions, each row with its own adapter from the device bank, which costs far
+less than reading the shard into the adapter, merging it and a batch per shard."""
 _ROW_BATCH = 64
 """Questions per batch when each row computes its own adapter's update."""
 _BANK_BYTES = 2 << 30
@@ -686,7 +687,7 @@ class ParametricMemory:
         few = []
         for shard in sorted(set(shards)):
             picked = [i for i, s in enumerate(shards) if s == shard]
-            if len(picked) < _MERGED_GROUP and len(set(shards)) > 1:
+            if len(picked) < _MERGED_GROUP:
                 few += picked
                 continue
             with self._answering_with(shard):
