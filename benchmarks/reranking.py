@@ -5,14 +5,16 @@ candidates, no GPU needed (issue 26).
 3 shards (`candidates.json`). Here the same router is rebuilt over the same sampled passages,
 chunked as the memory chunks them, and each question's top 3 are re-ordered as the memory
 re-orders them (`reranking.question_likelihoods`, `reranking.ordered`) for each BM25 weight
-asked; the answer of the shard put first is then looked up among that question's candidates.
+asked, with the model reading each candidate's `question_window` of --words words (several
+compared side by side; 0: the whole chunk); the answer of the shard put first is then looked
+up among that question's candidates.
 So every figure is the memory's top-1 answer under that routing, the answers written on the
 GPU, the re-ranking run here (float32 on the CPU). The weight is chosen on the first
 --calibration questions and reported on the rest.
 
     python benchmarks/reranking.py --n 1048 \\
         --candidates benchmarks/results/answering/h100-n1048/candidates.json \\
-        --out benchmarks/results/reranking/cpu-n1048
+        --words 0 48 --out benchmarks/results/reranking/cpu-n1048
 
 With --more-candidates 3 5 10, routing alone (the answers exist for 3 candidates only): how
 often the gold passage comes first when BM25's top K are re-ranked.
@@ -30,7 +32,7 @@ from metrics import estimate, percent
 from quality import SQUAD, questions_of, sample_documents, score_records
 from routing_accuracy import default_token_counter
 
-from parametric_memory import MemoryConfig
+from parametric_memory import MemoryConfig, RoutingConfig
 from parametric_memory.config import ChunkingConfig
 from parametric_memory.engine.models import load_model
 from parametric_memory.method.chunking import chunk_document
@@ -46,7 +48,6 @@ def main() -> None:
     documents = sample_documents(load_documents(args.data), args.n, 0, args.questions_per_doc)
     questions = questions_of(documents, range(len(documents)))[: args.limit]
     candidates = json.loads(args.candidates.read_text())[: len(questions)]
-    texts = [q["question"] for _, _, q in questions]
     router = passage_router(documents)
     lm = load_model(MemoryConfig(device=args.device))
     if args.more_candidates:
@@ -55,28 +56,40 @@ def main() -> None:
         (args.out / "more_candidates.json").write_text(json.dumps(more, indent=1))
         print(json.dumps(more, indent=1))
         return
-    ranked = router.ranked_chunks(texts, CANDIDATES)
-    started = time.perf_counter()
-    likelihoods = question_likelihoods(lm, texts, ranked)
-    seconds = time.perf_counter() - started
-    rows = {}
-    for weight in args.weights:
-        firsts = [row[0][0] for row in ordered(ranked, likelihoods, weight)]
-        rows[f"{weight:g}"] = routed_row(documents, questions, candidates, firsts)
-    bm25 = [row[0].shard for row in ranked]
+    ranked = router.ranked_chunks([q["question"] for _, _, q in questions], CANDIDATES)
     result = {
         "n": args.n,
         "questions": len(questions),
         "calibration": args.calibration,
-        "rerank_seconds": round(seconds, 1),
-        "bm25": routed_row(documents, questions, candidates, bm25),
-        "reranked": rows,
-        "held_out": held_out(documents, questions, candidates, ranked, likelihoods, args),
+        "bm25": routed_row(documents, questions, candidates, [row[0].shard for row in ranked]),
+        "by_words": {
+            str(words): reranked_rows(lm, documents, questions, candidates, ranked, words, args)
+            for words in args.words
+        },
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "reranking.json").write_text(json.dumps(result, indent=1))
     (args.out / "reranking.md").write_text(render_markdown(result))
     print(render_markdown(result))
+
+
+def reranked_rows(lm, documents, questions, candidates, ranked, words: int, args) -> dict:
+    """Each question's top 3 re-ranked with the model reading `words` words of each
+    candidate's chunk (0: all of it), for every BM25 weight of --weights, and the weight
+    chosen on the first --calibration questions scored on the rest."""
+    texts = [q["question"] for _, _, q in questions]
+    started = time.perf_counter()
+    likelihoods = question_likelihoods(lm, texts, ranked, words)
+    seconds = time.perf_counter() - started
+    rows = {}
+    for weight in args.weights:
+        firsts = [row[0][0] for row in ordered(ranked, likelihoods, weight)]
+        rows[f"{weight:g}"] = routed_row(documents, questions, candidates, firsts)
+    return {
+        "rerank_seconds": round(seconds, 1),
+        "reranked": rows,
+        "held_out": held_out(documents, questions, candidates, ranked, likelihoods, args),
+    }
 
 
 def passage_router(documents: list[dict]) -> ShardRouter:
@@ -100,7 +113,7 @@ def routed_right_by_candidates(lm, router: ShardRouter, questions, args) -> dict
     part = questions[args.calibration :]
     texts = [q["question"] for _, _, q in part]
     ranked = router.ranked_chunks(texts, max(args.more_candidates))
-    likelihoods = question_likelihoods(lm, texts, ranked)
+    likelihoods = question_likelihoods(lm, texts, ranked, args.words[0])
     gold = [i for i, _, _ in part]
     result = {"questions": len(part), "first_question": args.calibration, "rows": {}}
     for k in [1, *args.more_candidates]:
@@ -169,21 +182,24 @@ def render_markdown(result: dict) -> str:
         "|---|---|---|",
         _line("BM25 top 1", result["bm25"]),
     ]
-    for weight, row in result["reranked"].items():
-        lines.append(_line(f"BM25's top {CANDIDATES} re-ranked, BM25 weight {weight}", row))
-    held = result["held_out"]
-    lines += [
-        "",
-        f"Weight chosen on the first {result['calibration']} questions: {held['weight']:g}; "
-        f"on the other {held['questions']}:",
-        "",
-        "| routing | routed to the gold passage | contains gold [95% CI] |",
-        "|---|---|---|",
-        _line("BM25 top 1", held["bm25"]),
-        _line("re-ranked", held["reranked"]),
-        "",
-        f"Re-ranking every question took {result['rerank_seconds']} s.",
-    ]
+    for words, variant in result["by_words"].items():
+        read = "whole chunks" if words == "0" else f"{words} words a chunk"
+        for weight, row in variant["reranked"].items():
+            lines.append(_line(f"top {CANDIDATES} re-ranked, {read}, BM25 weight {weight}", row))
+    for words, variant in result["by_words"].items():
+        held = variant["held_out"]
+        lines += [
+            "",
+            f"{'Whole chunks' if words == '0' else f'{words} words a chunk'}: re-ranking every "
+            f"question took {variant['rerank_seconds']} s; the weight chosen on the first "
+            f"{result['calibration']} questions, {held['weight']:g}, on the other "
+            f"{held['questions']}:",
+            "",
+            "| routing | routed to the gold passage | contains gold [95% CI] |",
+            "|---|---|---|",
+            _line("BM25 top 1", held["bm25"]),
+            _line("re-ranked", held["reranked"]),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -198,6 +214,14 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--questions-per-doc", type=int, default=1)
     parser.add_argument("--candidates", type=Path, required=True)
     parser.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.5, 1.0, 2.0, 4.0])
+    parser.add_argument(
+        "--words",
+        type=int,
+        nargs="+",
+        default=[RoutingConfig().rerank_words],
+        help="words of each candidate's chunk the model reads (0: the whole chunk); several "
+        "are compared side by side (--more-candidates uses the first)",
+    )
     parser.add_argument("--calibration", type=int, default=300)
     parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT questions")
     parser.add_argument("--device", default="cpu")

@@ -11,7 +11,12 @@ from parametric_memory import MemoryConfig, ParametricMemory
 from parametric_memory.engine.generation import encode_texts
 from parametric_memory.engine.likelihood import continuation_log_likelihoods
 from parametric_memory.method.prompts import question_likelihood_pair
-from parametric_memory.reranking import rerank_score, reranked
+from parametric_memory.reranking import (
+    question_likelihoods,
+    question_window,
+    rerank_score,
+    reranked,
+)
 from parametric_memory.routing import RankedShard
 
 PAIRS = [
@@ -122,3 +127,35 @@ def test_a_memory_answers_first_from_the_shard_the_model_ranks_first(tmp_path, t
                 likelihoods = continuation_log_likelihoods(memory.model, pairs, batch_size=3)
                 assert likelihoods == sorted(likelihoods, reverse=True)  # the model's order
     assert firsts[1] == ["lanterns", "payroll"]
+
+
+CHUNK = (
+    "Orsk Hollow is a river town. Its mayor is Ada Quill. The Zorbian festival is held every "
+    "May 14 in the market square. It draws 3,400 visitors. Payroll is run from Brindlewick."
+)
+
+
+def test_a_window_is_the_sentence_sharing_the_questions_words_then_its_neighbours():
+    question = "When is the Zorbian festival held?"
+    assert question_window(CHUNK, question, 12) == (
+        "The Zorbian festival is held every May 14 in the market square."
+    )
+    assert question_window(CHUNK, question, 16) == (
+        "The Zorbian festival is held every May 14 in the market square. It draws 3,400 visitors."
+    )
+    wider = question_window(CHUNK, question, 21)
+    assert wider.startswith("Its mayor is Ada Quill. The Zorbian") and len(wider.split()) <= 21
+    assert question_window(CHUNK, question, 5) == "The Zorbian festival is held"
+    assert question_window(CHUNK, question, 100) == CHUNK
+    assert question_window(CHUNK, "Who is the mayor?", 6) == "Its mayor is Ada Quill."
+
+
+def test_the_model_reads_each_candidates_window_when_words_are_given(lm):
+    question = "When is the Zorbian festival held?"
+    row = [RankedShard(1, 2.0, CHUNK), RankedShard(2, 1.0, "Payroll is run from Brindlewick.")]
+    windowed = question_likelihoods(lm, [question], [row], 12)
+    shown = [question_window(c.chunk, question, 12) for c in row]
+    pairs = [question_likelihood_pair(chunk, question) for chunk in shown]
+    assert windowed == [pytest.approx(continuation_log_likelihoods(lm, pairs, 2), abs=1e-5)]
+    whole = question_likelihoods(lm, [question], [row], 0)
+    assert whole[0][0] != pytest.approx(windowed[0][0], abs=1e-5)

@@ -240,6 +240,12 @@ class RoutingConfig(_Config):
     rerank_bm25_weight: float = Field(1.0, ge=0.0, le=100.0)
     """BM25's say in the re-ranking: a shard's score is the question's mean log-probability
     after its chunk plus this times its BM25 score over the best candidate's."""
+    rerank_words: int = Field(48, ge=0, le=4096)
+    """Words of each candidate's chunk the model reads when re-ranking: the sentence sharing
+    most of the question's words, with its neighbours while they fit
+    (`reranking.question_window`); 0: the whole chunk. The forward pass costs what the text's
+    length does, and a window routes as well as the whole chunk (benchmarks/RESULTS.md,
+    "Answering")."""
 
     @model_validator(mode="after")
     def _one_shard_when_self_routed(self) -> RoutingConfig:

@@ -664,7 +664,9 @@ class ParametricMemory:
         if routing.rerank <= 1:
             return router.ranked_shards(texts, shards)
         ranked = router.ranked_chunks(texts, max(shards, routing.rerank))
-        ordered = reranked(self._lm, texts, ranked, routing.rerank_bm25_weight)
+        ordered = reranked(
+            self._lm, texts, ranked, routing.rerank_bm25_weight, routing.rerank_words
+        )
         return [row[:shards] for row in ordered]
 
     def _weighted(self, shards: Sequence[tuple[int, float]]) -> WeightedKeys:
