@@ -11,8 +11,9 @@ re-ranked by the base model, the default), top1-rerank1 (BM25's first shard alon
 top1-rerank5 (BM25's top 5 re-ranked), confidence
 (self-routing: `answer_candidates`, the surest of the router's top 3; also scored: the
 router's first candidate and whether any candidate holds the answer), rag (BM25's top 3
-passages in the prompt), in-prompt (the gold passage), base (the question alone). Only the
-public API is used; per-question records go to OUT/records-<mode>.json.
+passages in the prompt), in-prompt (the gold passage), base (the question alone). For the
+memory's modes, routing alone (`route`) is timed one question at a time beside the p50. Only
+the public API is used; per-question records go to OUT/records-<mode>.json.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def main() -> None:
     for mode in args.modes:
         answerer, prompts = _mode(mode, memory, documents, questions, args)
         row, records = measure(answerer, prompts, documents, questions, args.latency_questions)
+        routed = _routed_memory(mode, memory)
+        if routed is not None:
+            row["route_p50_s"] = route_p50(routed, prompts[: args.latency_questions])
         result["rows"][mode] = row
         (args.out / f"records-{mode}.json").write_text(json.dumps(records, ensure_ascii=False))
         if isinstance(answerer, _SelfRouted):
@@ -126,6 +130,27 @@ class _SelfRouted:
         if len(answered) >= len(self.largest):
             self.largest = answered
         return [max(cs, key=lambda c: c.confidence).answer for cs in answered]
+
+
+def _routed_memory(mode: str, memory: ParametricMemory) -> ParametricMemory | None:
+    """The memory a memory mode answers from (None for the prompt baselines)."""
+    if mode.startswith("top1-rerank"):
+        return _reranking(memory.root, int(mode.removeprefix("top1-rerank")))
+    return memory if mode.startswith("top") or mode == "confidence" else None
+
+
+def route_p50(memory: ParametricMemory, questions: list[str]) -> float | None:
+    """Median seconds to route one question alone (`route`: BM25 and the re-ranking's forward
+    pass, no answer): the share of a lone question's latency spent choosing its shard."""
+    if not questions:
+        return None
+    memory.route(questions[:1])
+    latencies = []
+    for question in questions:
+        started = time.perf_counter()
+        memory.route([question])
+        latencies.append(time.perf_counter() - started)
+    return round(statistics.median(latencies), 4)
 
 
 @functools.cache
@@ -231,11 +256,18 @@ def render_markdown(result: dict) -> str:
         f"Answering, memory `{result['memory']}`, batch {result['batch']}",
         "",
         "| mode | contains gold [95% CI] | questions/s, first call | questions/s | p50 s | p95 s "
-        "| peak GiB |",
-        "|---|---|---|---|---|---|---|",
+        "| peak GiB | routing alone, p50 s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for mode, row in result["rows"].items():
-        keys = ("first_questions_per_s", "questions_per_s", "p50_s", "p95_s", "peak_gib")
+        keys = (
+            "first_questions_per_s",
+            "questions_per_s",
+            "p50_s",
+            "p95_s",
+            "peak_gib",
+            "route_p50_s",
+        )
         timing = [row.get(key, "") for key in keys]
         lines.append(
             f"| {mode} | {percent(row['contains'])} | " + " | ".join(str(t) for t in timing) + " |"

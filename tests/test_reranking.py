@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-from parametric_memory import MemoryConfig, ParametricMemory
+from parametric_memory import InvalidArgumentError, MemoryConfig, ParametricMemory
 from parametric_memory.engine.generation import encode_texts
 from parametric_memory.engine.likelihood import continuation_log_likelihoods
 from parametric_memory.method.prompts import question_likelihood_pair
@@ -118,6 +118,10 @@ def test_a_memory_answers_first_from_the_shard_the_model_ranks_first(tmp_path, t
         memory.add_documents(list(facts.values()), ids=list(facts), progress=False)
         answered = memory.answer_candidates(questions, candidates=3, max_new_tokens=2)
         firsts[rerank] = [row[0].document_ids[0] for row in answered]
+        routes = memory.route(questions, shards=3)  # the same order, without answering
+        assert [[r.document_ids for r in row] for row in routes] == [
+            [c.document_ids for c in row] for row in answered
+        ]
         for question, row in zip(questions, answered, strict=True):
             scores = [c.router_score for c in row]
             if rerank == 1:
@@ -127,6 +131,15 @@ def test_a_memory_answers_first_from_the_shard_the_model_ranks_first(tmp_path, t
                 likelihoods = continuation_log_likelihoods(memory.model, pairs, batch_size=3)
                 assert likelihoods == sorted(likelihoods, reverse=True)  # the model's order
     assert firsts[1] == ["lanterns", "payroll"]
+
+
+def test_route_refuses_one_string_and_a_bad_count_in_one_line(tmp_path, tiny_config):
+    memory = ParametricMemory.create(tmp_path / "m", tiny_config)
+    with pytest.raises(InvalidArgumentError, match=r"use route\(\[question\]\) for one"):
+        memory.route("When?")
+    with pytest.raises(InvalidArgumentError, match="shards must be an integer from 1 to 16"):
+        memory.route(["When?"], shards=0)
+    assert [[r.document_ids for r in row] for row in memory.route(["When?"])] == [[[]]]
 
 
 CHUNK = (

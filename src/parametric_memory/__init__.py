@@ -27,7 +27,7 @@ from .errors import (
     TrainingDivergedError,
 )
 from .ingest import IngestReport
-from .memory import Candidate, MemoryInfo, ParametricMemory, Recollection
+from .memory import Candidate, MemoryInfo, ParametricMemory, Recollection, Route
 from .records import CompactionReport
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "ParametricMemory",
     "ParametricMemoryError",
     "Recollection",
+    "Route",
     "RoutingConfig",
     "SelectionConfig",
     "ShardingConfig",

@@ -107,6 +107,17 @@ class Candidate:
     the shard's weights raised its answer is `confidence - base_confidence`."""
 
 
+@dataclass(frozen=True)
+class Route:
+    """A shard that would answer a question (`ParametricMemory.route`), in answering order."""
+
+    shard: int
+    document_ids: list[str]
+    """The documents the shard holds: the sources of an answer it writes."""
+    router_score: float
+    """BM25 score of the shard's best chunk for the question."""
+
+
 class ParametricMemory:
     """A memory folder plus the base model with its adapter. Use `create` or `open`."""
 
@@ -520,10 +531,7 @@ class ParametricMemory:
         rows = self._row_choices([self._weighted([(shard, 1.0)]) for _, shard, _ in pairs])
         users = [questions[i] for i, _, _ in pairs]
         scored = generate_scored(self._lm, users, max_new_tokens, _ROW_BATCH, rows)
-        held: dict[int, list[str]] = {}
-        for document, record in self._manifest.documents.items():
-            for shard in record.shards:
-                held.setdefault(shard, []).append(document)
+        held = self._documents_by_shard()
         answered: list[list[Candidate]] = [[] for _ in questions]
         for (i, shard, score), answer in zip(pairs, scored, strict=True):
             documents = held.get(shard, [])
@@ -538,6 +546,24 @@ class ParametricMemory:
                 )
             )
         return answered
+
+    def route(self, questions: Sequence[str], *, shards: int = 1) -> list[list[Route]]:
+        """Each question's top `shards` shards as answering picks them (BM25, re-ranked by
+        the base model as `RoutingConfig` says), with the documents each holds: an answer's
+        sources, found without answering."""
+        _check_queries(questions, "questions", "route([question])")
+        count = _count(shards, "shards")
+        with self._model_lock:
+            ranked = self._following_commits(lambda: self._ranked(list(questions), count))
+            held = self._documents_by_shard()
+        return [[Route(s, held.get(s, []), score) for s, score in row] for row in ranked]
+
+    def _documents_by_shard(self) -> dict[int, list[str]]:
+        held: dict[int, list[str]] = {}
+        for document, record in self._manifest.documents.items():
+            for shard in record.shards:
+                held.setdefault(shard, []).append(document)
+        return held
 
     def stream(
         self,
