@@ -114,6 +114,21 @@ def test_a_row_without_adapters_is_the_base_model_and_the_layers_come_back():
         torch.testing.assert_close(model(input_ids=ids).logits, own)
 
 
+def test_rows_without_adapters_on_a_bank_that_loaded_none_are_the_base_model():
+    model = peft_model()
+    ids = torch.randint(0, 96, (2, 5))
+    with torch.no_grad(), model.disable_adapter():
+        base = model(input_ids=ids).logits
+    with attached(model, [[], []]), torch.no_grad():  # a memory that holds nothing yet
+        got = model(input_ids=ids).logits
+    torch.testing.assert_close(got, base, atol=1e-4, rtol=1e-4)
+
+
+def test_a_memory_holding_nothing_answers_a_lone_question(tmp_path, tiny_config):
+    memory = ParametricMemory.create(tmp_path / "m", tiny_config)
+    assert isinstance(memory.ask_batch(["Who runs payroll?"], max_new_tokens=3)[0], str)
+
+
 def test_row_adapters_do_not_stack_on_another_override():
     model = peft_model()
     rows = [[(random_state(model, 1), 1.0)]]

@@ -87,6 +87,8 @@ class AdapterBank:
     def _filled(self, rows: Sequence[WeightedKeys], capacity: int) -> _RowBuffers:
         width = max(1, max(len(row) for row in rows))
         slots, weights = self._slots(rows, capacity, width)
+        if not self._a:  # no adapter loaded yet: the empty slot alone
+            self._grow(0)
         buffers = self._buffers_for(capacity, width)
         for a, b, bank_a, bank_b in zip(buffers.a, buffers.b, self._a, self._b, strict=True):
             _, inputs, _ = a.shape
