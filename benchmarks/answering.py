@@ -89,7 +89,7 @@ def _mode(
     """How `mode` answers, and the texts it is handed (questions, or prompts with passages)."""
     texts = [q["question"] for _, _, q in questions]
     if mode.startswith("top1-rerank"):
-        routed = _reranking(memory.root, int(mode.removeprefix("top1-rerank")))
+        routed = _routed_memory(mode, memory)
         return lambda batch: routed.ask_batch(list(batch), max_new_tokens=MAX_ANSWER_TOKENS), texts
     if mode.startswith("top"):
         k = int(mode[3:])

@@ -183,14 +183,14 @@ def render_markdown(result: dict) -> str:
         _line("BM25 top 1", result["bm25"]),
     ]
     for words, variant in result["by_words"].items():
-        read = "whole chunks" if words == "0" else f"{words} words a chunk"
         for weight, row in variant["reranked"].items():
-            lines.append(_line(f"top {CANDIDATES} re-ranked, {read}, BM25 weight {weight}", row))
+            label = f"top {CANDIDATES} re-ranked, {_reading(words)}, BM25 weight {weight}"
+            lines.append(_line(label, row))
     for words, variant in result["by_words"].items():
         held = variant["held_out"]
         lines += [
             "",
-            f"{'Whole chunks' if words == '0' else f'{words} words a chunk'}: re-ranking every "
+            f"{_reading(words).capitalize()}: re-ranking every "
             f"question took {variant['rerank_seconds']} s; the weight chosen on the first "
             f"{result['calibration']} questions, {held['weight']:g}, on the other "
             f"{held['questions']}:",
@@ -201,6 +201,11 @@ def render_markdown(result: dict) -> str:
             _line("re-ranked", held["reranked"]),
         ]
     return "\n".join(lines) + "\n"
+
+
+def _reading(words: str) -> str:
+    """What the model read of each candidate, as --words gave it."""
+    return "whole chunks" if words == "0" else f"{words} words a chunk"
 
 
 def _line(label: str, row: dict) -> str:
