@@ -37,7 +37,7 @@ from parametric_memory.config import ChunkingConfig
 from parametric_memory.engine.models import load_model
 from parametric_memory.method.chunking import chunk_document
 from parametric_memory.records import content_hash
-from parametric_memory.reranking import ordered, question_likelihoods
+from parametric_memory.reranking import bm25_is_clear, ordered, question_likelihoods
 from parametric_memory.routing import ShardRouter
 
 CANDIDATES = 3
@@ -89,7 +89,22 @@ def reranked_rows(lm, documents, questions, candidates, ranked, words: int, args
         "rerank_seconds": round(seconds, 1),
         "reranked": rows,
         "held_out": held_out(documents, questions, candidates, ranked, likelihoods, args),
+        "by_margin": {
+            f"{margin:g}": margin_row(documents, questions, candidates, ranked, likelihoods, margin)
+            for margin in args.margins
+        },
     }
+
+
+def margin_row(documents, questions, candidates, ranked, likelihoods, margin: float) -> dict:
+    """The default weight's routing when questions whose BM25 first candidate is clear by
+    `margin` (`reranking.bm25_is_clear`) keep BM25's order unread, and the share skipped."""
+    clear = [bm25_is_clear(row, margin) for row in ranked]
+    kept = [[] if skip else scores for skip, scores in zip(clear, likelihoods, strict=True)]
+    weight = RoutingConfig().rerank_bm25_weight
+    firsts = [row[0][0] for row in ordered(ranked, kept, weight)]
+    row = routed_row(documents, questions, candidates, firsts)
+    return {"skipped": round(sum(clear) / len(clear), 4), **row}
 
 
 def passage_router(documents: list[dict]) -> ShardRouter:
@@ -200,7 +215,27 @@ def render_markdown(result: dict) -> str:
             _line("BM25 top 1", held["bm25"]),
             _line("re-ranked", held["reranked"]),
         ]
+        lines += _margin_lines(words, variant.get("by_margin", {}))
     return "\n".join(lines) + "\n"
+
+
+def _margin_lines(words: str, by_margin: dict) -> list[str]:
+    """Questions whose BM25 first candidate is clear by each margin left unread."""
+    if not by_margin:
+        return []
+    lines = [
+        "",
+        f"{_reading(words).capitalize()}, the default weight, questions whose BM25 first "
+        "candidate scores at least MARGIN times its second not re-ranked:",
+        "",
+        "| margin | questions not re-ranked | routed to the gold passage "
+        "| contains gold [95% CI] |",
+        "|---|---|---|---|",
+    ]
+    for margin, row in by_margin.items():
+        routed, contains = percent(row["routed_right"]), percent(row["contains"])
+        lines.append(f"| {margin} | {row['skipped']:.1%} | {routed} | {contains} |")
+    return lines
 
 
 def _reading(words: str) -> str:
@@ -226,6 +261,14 @@ def _parse_args() -> argparse.Namespace:
         default=[RoutingConfig().rerank_words],
         help="words of each candidate's chunk the model reads (0: the whole chunk); several "
         "are compared side by side (--more-candidates uses the first)",
+    )
+    parser.add_argument(
+        "--margins",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also: routing with the default weight when questions whose BM25 first "
+        "candidate scores at least MARGIN times its second are not re-ranked",
     )
     parser.add_argument("--calibration", type=int, default=300)
     parser.add_argument("--limit", type=int, default=None, help="only the first LIMIT questions")

@@ -7,11 +7,12 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-from parametric_memory import InvalidArgumentError, MemoryConfig, ParametricMemory
+from parametric_memory import InvalidArgumentError, MemoryConfig, ParametricMemory, reranking
 from parametric_memory.engine.generation import encode_texts
 from parametric_memory.engine.likelihood import continuation_log_likelihoods
 from parametric_memory.method.prompts import question_likelihood_pair
 from parametric_memory.reranking import (
+    bm25_is_clear,
     question_likelihoods,
     question_window,
     rerank_score,
@@ -92,6 +93,36 @@ def test_candidates_are_ordered_by_likelihood_plus_weighted_bm25(lm):
     assert reranked(lm, [question], [row], 100.0) == [[(4, 9.0), (7, 6.0), (2, 3.0)]]
 
 
+def test_a_question_whose_bm25_first_is_clear_keeps_bm25s_order_unread(lm):
+    question = "When is the lantern festival held?"
+    chunks = [
+        "The Quillhaven lantern festival is held every May 14.",
+        "New hires get 27 vacation days.",
+        "Payroll is run by Odo Brask.",
+    ]
+    likelihoods = continuation_log_likelihoods(
+        lm, [question_likelihood_pair(chunk, question) for chunk in chunks], batch_size=3
+    )
+    # BM25 puts the chunk the model finds least likely first, far ahead of the others
+    by_model = sorted(range(3), key=lambda i: -likelihoods[i])
+    scores = dict(zip(reversed(by_model), (10.0, 1.0, 0.5), strict=True))
+    row = sorted((RankedShard(i, scores[i], chunks[i]) for i in range(3)), key=lambda c: -c.score)
+    bm25_order = [(c.shard, c.score) for c in row]
+    model_order = [(i, scores[i]) for i in by_model]
+    assert bm25_order != model_order
+    assert reranked(lm, [question, question], [row, row], 0.0) == [model_order] * 2
+    assert reranked(lm, [question], [row], 0.0, clear_margin=5.0) == [bm25_order]
+    assert reranked(lm, [question], [row], 0.0, clear_margin=20.0) == [model_order]
+
+
+def test_bm25_is_clear_compares_the_first_two_scores():
+    row = [RankedShard(1, 6.0, ""), RankedShard(2, 3.0, ""), RankedShard(3, 1.0, "")]
+    assert bm25_is_clear(row, 2.0)
+    assert not bm25_is_clear(row, 2.5)
+    assert not bm25_is_clear(row, None)
+    assert not bm25_is_clear(row[:1], 2.0)  # one candidate: nothing to compare
+
+
 def test_a_question_with_one_candidate_keeps_it_unscored(lm):
     only = [RankedShard(3, 0.0, "")]
     assert reranked(lm, ["Anything?"], [only], 1.0) == [[(3, 0.0)]]
@@ -110,27 +141,52 @@ def test_a_memory_answers_first_from_the_shard_the_model_ranks_first(tmp_path, t
         "bridge": "The Tarrow Bridge over the Quillhaven river opened in 1934 in Brindlewick.",
     }
     questions = ["When is the Quillhaven lantern festival?", "Who runs payroll at Brindlewick?"]
-    firsts = {}
-    for rerank in (1, 3):
-        routing = {"rerank": rerank, "rerank_bm25_weight": 0.0}
+    orders = {}
+    # a margin just above 1 leaves every question whose BM25 scores differ unread
+    for rerank, margin in ((1, None), (3, None), (3, 1.000001)):
+        routing = {"rerank": rerank, "rerank_bm25_weight": 0.0, "rerank_clear_margin": margin}
         config = MemoryConfig.model_validate({**tiny_config.model_dump(), "routing": routing})
-        memory = ParametricMemory.create(tmp_path / f"m{rerank}", config)
+        memory = ParametricMemory.create(tmp_path / f"m{rerank}-{margin}", config)
         memory.add_documents(list(facts.values()), ids=list(facts), progress=False)
         answered = memory.answer_candidates(questions, candidates=3, max_new_tokens=2)
-        firsts[rerank] = [row[0].document_ids[0] for row in answered]
+        orders[rerank, margin] = [[c.document_ids[0] for c in row] for row in answered]
         routes = memory.route(questions, shards=3)  # the same order, without answering
         assert [[r.document_ids for r in row] for row in routes] == [
             [c.document_ids for c in row] for row in answered
         ]
         for question, row in zip(questions, answered, strict=True):
             scores = [c.router_score for c in row]
-            if rerank == 1:
+            if rerank == 1 or margin is not None:
                 assert scores == sorted(scores, reverse=True)  # BM25's order
             else:
                 pairs = [question_likelihood_pair(facts[c.document_ids[0]], question) for c in row]
                 likelihoods = continuation_log_likelihoods(memory.model, pairs, batch_size=3)
                 assert likelihoods == sorted(likelihoods, reverse=True)  # the model's order
-    assert firsts[1] == ["lanterns", "payroll"]
+    assert [row[0] for row in orders[1, None]] == ["lanterns", "payroll"]
+    assert orders[3, 1.000001] == orders[1, None]
+
+
+def test_a_memory_reads_no_candidate_for_a_question_bm25_routes_clearly(
+    tmp_path, tiny_config, monkeypatch
+):
+    read: list[int] = []
+    scorer = reranking.continuation_log_likelihoods
+
+    def counted(lm, pairs, batch_size):
+        read.append(len(pairs))
+        return scorer(lm, pairs, batch_size)
+
+    monkeypatch.setattr(reranking, "continuation_log_likelihoods", counted)
+    texts = ["The Quillhaven lantern festival is held every May 14.", "Quillhaven has a river."]
+    question = "When is the Quillhaven lantern festival held?"
+    for margin, pairs in ((None, 2), (1.000001, 0)):
+        routing = {"rerank": 3, "rerank_clear_margin": margin}
+        config = MemoryConfig.model_validate({**tiny_config.model_dump(), "routing": routing})
+        memory = ParametricMemory.create(tmp_path / f"m{margin}", config)
+        memory.add_documents(texts, progress=False)
+        read.clear()
+        assert len(memory.route([question], shards=2)[0]) == 2
+        assert sum(read) == pairs
 
 
 def test_route_refuses_one_string_and_a_bad_count_in_one_line(tmp_path, tiny_config):

@@ -246,6 +246,12 @@ class RoutingConfig(_Config):
     (`reranking.question_window`); 0: the whole chunk. The forward pass costs what the text's
     length does, and a window routes as well as the whole chunk (benchmarks/RESULTS.md,
     "Answering")."""
+    rerank_clear_margin: float | None = Field(1.5, gt=1.0, le=1000.0)
+    """A question whose BM25 first shard scores at least this many times its second keeps
+    BM25's order without the forward pass (`reranking.bm25_is_clear`): a first shard that
+    far ahead is nearly always right, and a third of questions skip the re-ranking's cost
+    for about the same routing (benchmarks/RESULTS.md, "Answering"). None: every question
+    is re-ranked."""
 
     @model_validator(mode="after")
     def _one_shard_when_self_routed(self) -> RoutingConfig:

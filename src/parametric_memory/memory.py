@@ -691,7 +691,12 @@ class ParametricMemory:
             return router.ranked_shards(texts, shards)
         ranked = router.ranked_chunks(texts, max(shards, routing.rerank))
         ordered = reranked(
-            self._lm, texts, ranked, routing.rerank_bm25_weight, routing.rerank_words
+            self._lm,
+            texts,
+            ranked,
+            routing.rerank_bm25_weight,
+            routing.rerank_words,
+            routing.rerank_clear_margin,
         )
         return [row[:shards] for row in ordered]
 

@@ -30,10 +30,20 @@ def reranked(
     ranked: Sequence[Sequence[RankedShard]],
     bm25_weight: float,
     words: int = 0,
+    clear_margin: float | None = None,
 ) -> list[list[tuple[int, float]]]:
     """Each question's shards, best first by `rerank_score`, each with its BM25 score. A
-    question with one candidate keeps it, unscored. `words`: see `question_likelihoods`."""
-    return ordered(ranked, question_likelihoods(lm, questions, ranked, words), bm25_weight)
+    question with one candidate keeps it, unscored, as does one whose BM25 first candidate
+    is `bm25_is_clear` by `clear_margin`. `words`: see `question_likelihoods`."""
+    read = [[] if bm25_is_clear(row, clear_margin) else row for row in ranked]
+    return ordered(ranked, question_likelihoods(lm, questions, read, words), bm25_weight)
+
+
+def bm25_is_clear(row: Sequence[RankedShard], margin: float | None) -> bool:
+    """Whether BM25's first candidate scores at least `margin` times its second (None:
+    never): a first shard that far ahead is nearly always the one that holds the question's
+    passage, so the model need not read the candidates."""
+    return margin is not None and len(row) > 1 and row[0].score >= margin * row[1].score
 
 
 def question_likelihoods(

@@ -13,6 +13,7 @@ for variant in "$@"; do
     reverse|implications|structure|paraphrase)
       config="{\"elicitation\":{\"prompt_kinds\":[$kinds,\"$variant\"]}}" ;;
     no-recitation) config='{"elicitation":{"prompt_kinds":["entity","cloze","continuation","questions","summary"]}}' ;;
+    items64) config='{"elicitation":{"items_per_chunk":64}}' ;;
     epochs16) config='{"consolidation":{"epochs":16}}' ;;
     top-k-256) config='{"consolidation":{"teacher_top_k":256}}' ;;
     *) echo "unknown variant $variant"; continue ;;
