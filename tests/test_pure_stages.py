@@ -68,6 +68,17 @@ def test_implication_and_structure_prompts_are_one_per_chunk_about_its_topic():
         assert planned[0].kind == kind and "Brindlewick Analytics" in planned[0].prompt
 
 
+def test_wh_questions_ask_a_sentence_back_with_a_question_word_for_its_fact():
+    planned = plan_prompts(TEXT, ("wh_questions",), 100)
+    asked = {(p.prompt, p.reference_answer) for p in planned}
+    assert ("The Quillhaven festival is held every when?", "May 14") in asked
+    assert ("It draws how many?", "3,400 visitors") in asked
+    assert ("New hires at what get 27 vacation days?", "Brindlewick Analytics") in asked
+    assert all(p.kind == "wh_questions" and p.prompt.endswith("?") for p in planned)
+    assert ("The what festival is held every May 14?", "Quillhaven") in asked
+    assert len(planned) == 5  # "May" and "14" are one fact, a date
+
+
 def test_every_configurable_prompt_kind_has_a_planner():
     from parametric_memory.config import ALL_PROMPT_KINDS, ElicitationConfig
 

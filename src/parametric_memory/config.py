@@ -16,6 +16,7 @@ PromptKind = Literal[
     "continuation",
     "recitation",
     "questions",
+    "wh_questions",
     "summary",
     "paraphrase",
     "reverse",
@@ -50,8 +51,10 @@ class ElicitationConfig(_Config):
     `questions`, `summary`, `paraphrase`, `implications` and `structure` are open-ended
     prompts the model answers (and, for `questions`, writes) with the chunk in context.
     `reverse` (a name or number given, its sentence asked: the other direction of `cloze`),
-    `implications` (SEAL's self-edits) and `structure` (Cartridges' structuring seed) are
-    off by default until measured (`benchmarks/compaction.py --config`)."""
+    `wh_questions` (a sentence asked back as a question, a name or number replaced by a
+    question word, answered with it), `implications` (SEAL's self-edits) and
+    `structure` (Cartridges' structuring seed) are off by default until measured
+    (`benchmarks/compaction.py --config`)."""
     items_per_chunk: int = Field(32, ge=1, le=512)
     """Most transfer items elicited per chunk, before selection."""
     max_answer_tokens: int = Field(64, ge=4, le=1024)

@@ -10,7 +10,7 @@ kinds='"entity","cloze","continuation","recitation","questions","summary"'
 for variant in "$@"; do
   case $variant in
     default) config='{}' ;;
-    reverse|implications|structure|paraphrase)
+    reverse|implications|structure|paraphrase|wh_questions)
       config="{\"elicitation\":{\"prompt_kinds\":[$kinds,\"$variant\"]}}" ;;
     no-recitation) config='{"elicitation":{"prompt_kinds":["entity","cloze","continuation","questions","summary"]}}' ;;
     items64) config='{"elicitation":{"items_per_chunk":64}}' ;;

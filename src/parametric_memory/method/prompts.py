@@ -46,6 +46,12 @@ first passage is always `memory.recall(query)`."""
 
 _CAPITALISED = re.compile(r"\b[A-Z][\w'’-]*(?:\s+(?:of|the|de|van|von|and|&)?\s*[A-Z][\w'’-]*)*")
 _NUMBER = re.compile(r"\b\d[\d,.:/%-]*\b(?:\s+(?:percent|per cent|[a-z]+s))?")
+_YEAR = re.compile(r"1\d{3}|20\d{2}")
+_MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
+_DATE = re.compile(
+    rf"\b(?:(?:{_MONTHS}) \d{{1,2}}(?:, \d{{4}})?|\d{{1,2}} (?:{_MONTHS})(?: \d{{4}})?"
+    rf"|(?:{_MONTHS}) \d{{4}})\b"
+)
 _STOPWORD_STARTS = {
     "The",
     "A",
@@ -210,6 +216,34 @@ def _question_prompts(chunk: str) -> list[PlannedPrompt]:
     ]
 
 
+def _wh_question_prompts(chunk: str) -> list[PlannedPrompt]:
+    """Each sentence asked back as a question, one of its four longest facts (a date, name
+    or number) replaced by a question word ("... is held every when?"), answered with it:
+    a cloze in the form of the questions a memory is asked (the model, asked to write a
+    question for a given answer, does not)."""
+    prompts = []
+    for sentence in split_sentences(chunk):
+        for span in _facts(sentence)[:4]:
+            asked = sentence.replace(span, _question_word(span), 1).rstrip(" .!;:")
+            prompts.append(PlannedPrompt("wh_questions", asked + "?", reference_answer=span))
+    return prompts
+
+
+def _facts(sentence: str) -> list[str]:
+    """Dates ("May 14", "February 7, 2016"), then the salient spans outside them, longest
+    first."""
+    dates = [m.group(0) for m in _DATE.finditer(sentence)]
+    others = [s for s in salient_spans(sentence) if not any(s in date for date in dates)]
+    return sorted(dates + others, key=len, reverse=True)
+
+
+def _question_word(span: str) -> str:
+    """ "when" for a year or date, "how many" for another number, "what" for a name."""
+    if _YEAR.fullmatch(span) or _DATE.fullmatch(span):
+        return "when"
+    return "how many" if span[0].isdigit() else "what"
+
+
 _PLANNERS = {
     "entity": _entity_prompts,
     "cloze": _cloze_prompts,
@@ -218,6 +252,7 @@ _PLANNERS = {
     "summary": _summary_prompts,
     "paraphrase": _paraphrase_prompts,
     "questions": _question_prompts,
+    "wh_questions": _wh_question_prompts,
     "reverse": _reverse_prompts,
     "implications": _implication_prompts,
     "structure": _structure_prompts,
