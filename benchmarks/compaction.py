@@ -202,6 +202,7 @@ def summary(records: list[dict]) -> dict:
 def _size(info) -> dict:
     return {
         "shards": info.shards,
+        "transfer_items": info.transfer_items,
         "adapter_bytes": info.adapter_bytes,
         "adapter_bytes_per_document": round(info.adapter_bytes / max(1, info.documents)),
     }
