@@ -31,7 +31,7 @@ for variant in "$@"; do
   width="\"sharding\":{\"shards_in_parallel\":${WIDTH:-32}}"
   if [ "$config" = '{}' ]; then config="{$width}"; else config="{$width,${config#\{}"; fi
   phases=ingest,level0; [ "$variant" = default ] && phases=ingest,level0,prompts
-  N=100 Q=0 LABEL=abl-$variant CONFIG="$config" LIMIT=${LIMIT:-400} bash $here/run_gpu.sh run $phases \
+  N=${N:-100} Q=0 LABEL=abl-$variant CONFIG="$config" LIMIT=${LIMIT:-400} bash $here/run_gpu.sh run $phases \
     > /root/abl-$variant.out 2>&1 &
 done
 wait
