@@ -5,6 +5,7 @@
 # (part01, liger-kernel wheel, squad-dev.jsonl) and runs `... setup-b`, then `... tests` (the
 # CUDA equivalence tests), `... run PHASES`, `... answering` (benchmarks/answering.py on the
 # level-0 memory) and `... coverage` on the warm machine. Results under /root/res, copied to $OUT.
+# `bash benchmarks/results/compaction/make_gpu_folders.sh` builds .gpu/a, .gpu/b and .gpu/c here.
 set -u
 step=$1; shift
 if [ "$step" = setup-a ]; then
