@@ -238,7 +238,8 @@ def _facts(sentence: str) -> list[str]:
 
 
 def _question_word(span: str) -> str:
-    """ "when" for a year or date, "how many" for another number, "what" for a name."""
+    """The word that asks for `span`: "when" for a year or date, "how many" for another
+    number, "what" for a name."""
     if _YEAR.fullmatch(span) or _DATE.fullmatch(span):
         return "when"
     return "how many" if span[0].isdigit() else "what"
