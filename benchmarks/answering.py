@@ -10,8 +10,11 @@ same sampled passages). Modes: top1, top2, top3 (`shards_per_question`; BM25's t
 re-ranked by the base model, the default), top1-rerank1 (BM25's first shard alone),
 top1-rerank5 (BM25's top 5 re-ranked), confidence
 (self-routing: `answer_candidates`, the surest of the router's top 3; also scored: the
-router's first candidate and whether any candidate holds the answer), rag (BM25's top 3
-passages in the prompt), in-prompt (the gold passage), base (the question alone). For the
+router's first candidate and whether any candidate holds the answer), recall (the retriever
+path: what the LangChain and LlamaIndex retrievers hand another LLM, the memory's
+recollection of the question, put in the same base model's prompt as RAG puts passages),
+rag (BM25's top 3 passages in the prompt), in-prompt (the gold passage), base (the question
+alone). For the
 memory's modes, routing alone (`route`) is timed one question at a time beside the p50. Only
 the public API is used; per-question records go to OUT/records-<mode>.json.
 """
@@ -45,11 +48,14 @@ MODES = (
     "top2",
     "top3",
     "confidence",
+    "recall",
     "rag",
     "in-prompt",
     "base",
 )
 CANDIDATES = 3
+RECALL_TOKENS = 192
+"""The retrievers' default `max_new_tokens`: the longest recollection handed on."""
 log = logging.getLogger("answering")
 
 Answerer = Callable[[Sequence[str]], list[str]]
@@ -70,13 +76,21 @@ def main() -> None:
         if routed is not None:
             row["route_p50_s"] = route_p50(routed, prompts[: args.latency_questions])
         result["rows"][mode] = row
-        (args.out / f"records-{mode}.json").write_text(json.dumps(records, ensure_ascii=False))
         if isinstance(answerer, _SelfRouted):
             rows = candidate_rows(answerer.largest, questions, documents, args.out)
             result["rows"].update(rows)
+        if isinstance(answerer, _Recalled):
+            held = recall_row(answerer.largest, documents, questions)
+            result["rows"]["recall-holds-answer"] = held
+            for record, text in zip(records, answerer.largest, strict=True):
+                record["recalled"] = text
+        (args.out / f"records-{mode}.json").write_text(json.dumps(records, ensure_ascii=False))
         log.info("%s: %s", mode, row)
         (args.out / "answering.json").write_text(json.dumps(result, indent=1))
         (args.out / "answering.md").write_text(render_markdown(result))
+    if args.profile_route:
+        texts = [q["question"] for _, _, q in questions[: args.profile_route]]
+        (args.out / "route_profile.txt").write_text(route_profile(memory, texts))
 
 
 def _mode(
@@ -99,6 +113,8 @@ def _mode(
     if mode == "confidence":
         return _SelfRouted(memory), texts
     base = _base_model(memory)
+    if mode == "recall":
+        return _Recalled(memory, base, args.batch), texts
     if mode == "base":
         prompts = texts
     elif mode == "in-prompt":
@@ -132,11 +148,31 @@ class _SelfRouted:
         return [max(cs, key=lambda c: c.confidence).answer for cs in answered]
 
 
+class _Recalled:
+    """The retriever path as a RAG user runs it: the memory recalls what it holds about each
+    question (the retrievers' first document, `k` = 1, their default; their `batch` and
+    async calls are answered in one `recall_batch` as here), then the base model answers
+    with that text in its prompt, as RAG's passages are put there. The recollections of the
+    largest call stay for its records."""
+
+    def __init__(self, memory: ParametricMemory, base: LoadedModel, batch: int) -> None:
+        self._memory, self._base, self._batch = memory, base, batch
+        self.largest: list[str] = []
+
+    def __call__(self, questions: Sequence[str]) -> list[str]:
+        recalled = self._memory.recall_batch(list(questions), max_new_tokens=RECALL_TOKENS)
+        texts = [r.text for r in recalled]
+        if len(texts) >= len(self.largest):
+            self.largest = texts
+        prompts = [open_book_prompt([t], q) for t, q in zip(texts, questions, strict=True)]
+        return [a.strip() for a in generate(self._base, prompts, MAX_ANSWER_TOKENS, self._batch)]
+
+
 def _routed_memory(mode: str, memory: ParametricMemory) -> ParametricMemory | None:
     """The memory a memory mode answers from (None for the prompt baselines)."""
     if mode.startswith("top1-rerank"):
         return _reranking(memory.root, int(mode.removeprefix("top1-rerank")))
-    return memory if mode.startswith("top") or mode == "confidence" else None
+    return memory if mode.startswith("top") or mode in ("confidence", "recall") else None
 
 
 def route_p50(memory: ParametricMemory, questions: list[str]) -> float | None:
@@ -151,6 +187,24 @@ def route_p50(memory: ParametricMemory, questions: list[str]) -> float | None:
         memory.route([question])
         latencies.append(time.perf_counter() - started)
     return round(statistics.median(latencies), 4)
+
+
+def route_profile(memory: ParametricMemory, questions: list[str]) -> str:
+    """Where a lone question's routing spends its time: `torch.profiler`'s table of `route`
+    called once per question (after one call to warm up), operators by total CPU time, with
+    the device's time beside them where there is one."""
+    from torch.profiler import ProfilerActivity, profile
+
+    memory.route(questions[:1])
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as profiler:
+        for question in questions:
+            memory.route([question])
+    averages = profiler.key_averages()
+    table = averages.table(sort_by="cpu_time_total", row_limit=40) if averages else "no operator"
+    return f"route() of {len(questions)} questions, one at a time\n\n{table}\n"
 
 
 @functools.cache
@@ -229,6 +283,18 @@ def candidate_rows(
     }
 
 
+def recall_row(
+    recalled: list[str], documents: list[dict], questions: list[tuple[int, int, dict]]
+) -> dict:
+    """How often the recollection itself contains the gold answer (what the reading model
+    could at best find in it), and its mean length in words."""
+    held = score_records(documents, questions, recalled)
+    return {
+        "contains": estimate([r["contains"] for r in held]),
+        "mean_words": round(statistics.fmean(len(t.split()) for t in recalled), 1),
+    }
+
+
 def _gain(candidate: Candidate) -> float:
     return candidate.confidence - candidate.base_confidence
 
@@ -284,6 +350,12 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=64, help="prompt baselines' batch size")
     parser.add_argument("--latency-questions", type=int, default=32)
     parser.add_argument("--modes", default=",".join(MODES), help="a list of " + ",".join(MODES))
+    parser.add_argument(
+        "--profile-route",
+        type=int,
+        default=0,
+        help="profile this many lone route() calls into OUT/route_profile.txt (0: none)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]

@@ -7,6 +7,8 @@
 #   bash benchmarks/results/compaction/ablation_gpu.sh default wh_questions items64 ...
 # Each variant is ingested and answered (top 1) by run_gpu.sh under LABEL=abl-<variant>;
 # the default row also answers with the passage in the prompt, BM25 top 3 and the question alone.
+# DATA=$PWD/benchmarks/data/invented_facts.jsonl N=20 TAG=inv runs the same variants on the
+# invented facts (labels inv-<variant>), beside a squad-dev run in the same call.
 set -u
 here=$(dirname "$0")
 kinds='"entity","cloze","continuation","recitation","questions","summary"'
@@ -31,8 +33,9 @@ for variant in "$@"; do
   width="\"sharding\":{\"shards_in_parallel\":${WIDTH:-32}}"
   if [ "$config" = '{}' ]; then config="{$width}"; else config="{$width,${config#\{}"; fi
   phases=ingest,level0; [ "$variant" = default ] && phases=ingest,level0,prompts
-  N=${N:-100} Q=0 LABEL=abl-$variant CONFIG="$config" LIMIT=${LIMIT:-400} bash $here/run_gpu.sh run $phases \
-    > /root/abl-$variant.out 2>&1 &
+  label=${TAG:-abl}-$variant
+  N=${N:-100} Q=0 LABEL=$label CONFIG="$config" LIMIT=${LIMIT:-400} bash $here/run_gpu.sh run $phases \
+    > /root/$label.out 2>&1 &
 done
 wait
-for variant in "$@"; do echo "== $variant"; tail -4 /root/abl-$variant.out; done
+for variant in "$@"; do echo "== ${TAG:-abl}-$variant"; tail -4 /root/${TAG:-abl}-$variant.out; done

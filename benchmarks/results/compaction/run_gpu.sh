@@ -67,12 +67,12 @@ if [ "$step" = answering ]; then  # answering.py on the level-0 memory of LABEL 
   A=$R/${LABEL:-n1048}/answering; mkdir -p $A
   timeout -k 15 ${LIMIT:-540} python3 answering.py --data /root/m/squad-dev.jsonl --n ${N:-1048} \
     --questions-per-doc ${Q:-1} --modes ${MODES:-top1,top2,top3,confidence,rag,in-prompt,base} --latency-questions ${LATENCY:-32} \
-    --memory /root/mem/${LABEL:-n1048}/level0 --out $A >> $A.log 2>&1
+    --profile-route ${PROFILE:-0} --memory /root/mem/${LABEL:-n1048}/level0 --out $A >> $A.log 2>&1
   echo "exit $?"; grep -vE "it/s\]|Warning|warn" $A.log | tail -8 | cut -c1-250
-  cp $A/answering.* $A/candidates.json $A.log $OUT/ 2>/dev/null; cat $A/answering.md 2>/dev/null
+  cp $A/answering.* $A/candidates.json $A/records-recall.json $A/route_profile.txt $A.log $OUT/ 2>/dev/null; cat $A/answering.md 2>/dev/null
   exit 0
 fi
-timeout -k 15 ${LIMIT:-540} python3 compaction.py --data /root/m/squad-dev.jsonl --n ${N:-1048} \
+timeout -k 15 ${LIMIT:-540} python3 compaction.py --data ${DATA:-/root/m/squad-dev.jsonl} --n ${N:-1048} \
   --questions-per-doc ${Q:-1} --sizes ${SIZES:-32} --phases "$1" --config "${CONFIG:-{\}}" --compaction "${COMPACTION:-{\}}" \
   --variants "${VARIANTS:-{\"\": {\}\}}" --shards-per-question ${K:-1} \
   --memory /root/mem/${LABEL:-n1048} --out $R/${LABEL:-n1048} >> $R/${LABEL:-n1048}.log 2>&1
