@@ -37,6 +37,18 @@ def test_a_sentence_longer_than_a_chunk_is_split():
     assert all(words(c) <= 7 for c in chunks) and sum(map(words, chunks)) == 50
 
 
+def test_a_chunk_half_full_ends_with_its_paragraph_and_a_heading_joins_the_next():
+    first = "Zorbia lies north. It has three towns. Its capital is Orsk."  # 11 words
+    second = "Quillhaven is a port. It ships lanterns. Mira Tallow runs it."  # 11 words
+    chunks = chunk_text(f"# Places\n\n{first}\n\n{second}", 20, words)
+    assert chunks == [f"# Places {first}", second]
+    # without paragraphs, sentences are packed as before
+    assert chunk_text(f"{first} {second}", 20, words) == [
+        f"{first} Quillhaven is a port. It ships lanterns.",
+        "Mira Tallow runs it.",
+    ]
+
+
 def test_split_sentences():
     assert split_sentences(TEXT)[1] == "The Quillhaven festival is held every May 14."
 

@@ -1,7 +1,9 @@
 """Stage 0 — chunking: split a document into chunks that fit the teacher's window.
 
-Chunks end on sentence boundaries where possible; a sentence longer than a chunk is split
-on words. Pure: token counting is passed in, so tests need no model.
+Chunks end on sentence boundaries where possible, and at a paragraph's end once they are
+half full, so that a chunk of a long document holds one paragraph's sentences with the
+subject they open with; a sentence longer than a chunk is split on words. Pure: token
+counting is passed in, so tests need no model.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable
 from ..records import Chunk
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
 
 
 def split_sentences(text: str) -> list[str]:
@@ -19,16 +22,25 @@ def split_sentences(text: str) -> list[str]:
 
 
 def chunk_text(text: str, max_tokens: int, count_tokens: Callable[[str], int]) -> list[str]:
-    """Greedily pack sentences into chunks of at most `max_tokens` tokens."""
+    """Greedily pack sentences into chunks of at most `max_tokens` tokens; a chunk at least
+    half full ends where its paragraph does (a blank line), a smaller one (a heading, a
+    short paragraph) goes on into the next. Packed across paragraphs, a long document's
+    chunks open mid-paragraph, without the subject their sentences refer to: the
+    question's passage is retrieved and answered less often (benchmarks/RESULTS.md,
+    "Long documents")."""
     chunks: list[str] = []
     current: list[str] = []
-    for sentence in _pieces(text, max_tokens, count_tokens):
-        candidate = " ".join([*current, sentence])
-        if current and count_tokens(candidate) > max_tokens:
+    for paragraph in _PARAGRAPH_BREAK.split(text):
+        if current and count_tokens(" ".join(current)) >= max_tokens // 2:
             chunks.append(" ".join(current))
-            current = [sentence]
-        else:
-            current.append(sentence)
+            current = []
+        for sentence in _pieces(paragraph, max_tokens, count_tokens):
+            candidate = " ".join([*current, sentence])
+            if current and count_tokens(candidate) > max_tokens:
+                chunks.append(" ".join(current))
+                current = [sentence]
+            else:
+                current.append(sentence)
     if current:
         chunks.append(" ".join(current))
     return chunks
