@@ -125,9 +125,12 @@ def _mode(
             open_book_prompt([documents[k]["text"] for k in top], text)
             for top, text in zip(ranked, texts, strict=True)
         ]
-    return lambda batch: [
-        a.strip() for a in generate(base, list(batch), MAX_ANSWER_TOKENS, args.batch)
-    ], prompts
+    return lambda batch: read(base, batch, args.batch), prompts
+
+
+def read(base: LoadedModel, prompts: Sequence[str], batch: int) -> list[str]:
+    """The base model's greedy answers to whole prompts (questions, with or without text)."""
+    return [a.strip() for a in generate(base, list(prompts), MAX_ANSWER_TOKENS, batch)]
 
 
 class _SelfRouted:
@@ -165,7 +168,7 @@ class _Recalled:
         if len(texts) >= len(self.largest):
             self.largest = texts
         prompts = [open_book_prompt([t], q) for t, q in zip(texts, questions, strict=True)]
-        return [a.strip() for a in generate(self._base, prompts, MAX_ANSWER_TOKENS, self._batch)]
+        return read(self._base, prompts, self._batch)
 
 
 def _routed_memory(mode: str, memory: ParametricMemory) -> ParametricMemory | None:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 from ..records import Chunk
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n\s*\n")
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
+_SENTENCE_END = re.compile(rf"(?<=[.!?])\s+|{_PARAGRAPH_BREAK.pattern}")
 
 
 def split_sentences(text: str) -> list[str]:
